@@ -1,0 +1,40 @@
+"""Per-token log-probabilities and entropies from a causal LM forward.
+
+Outputs are aligned to tokens: entry t is about token t, predicted from c_<t (entry 0 is 0). This is the
+convention of `arlkit.trajectory.Batch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    logprobs: torch.Tensor  # (B, T)
+    entropies: torch.Tensor | None  # (B, T), or None when not asked for
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> TokenStats:
+    """log π(c_t | c_<t) of each token under softmax(logits / temperature). input_ids: (B, T)."""
+    pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).logits  # (B, T, V)
+    logits = logits[:, :-1].float()
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    logp_all = F.log_softmax(logits, dim=-1)  # (B, T-1, V)
+    lp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+    zero = lp.new_zeros((lp.shape[0], 1))
+    ent = None
+    if with_entropy:
+        ent = torch.cat([zero, -(logp_all.exp() * logp_all).sum(-1)], dim=1)
+    return TokenStats(logprobs=torch.cat([zero, lp], dim=1), entropies=ent)

@@ -1,0 +1,146 @@
+"""Token-in/token-out generators (DESIGN.md "Generators").
+
+`generate(prompts, params)` takes token ids and returns the ids it sampled, with their logprobs and entropies
+under the sampling distribution. It never re-tokenises. The `hf` backend runs a plain batched decode loop over
+a transformers causal LM with a KV cache within one call (each turn re-prefills its context; issue 4 adds
+cross-turn cache reuse).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one turn. temperature 0 means greedy."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop_token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Generation:
+    ids: list[int]
+    logprobs: list[float]  # log π(c_t | c_<t) under the temperature-scaled distribution
+    entropies: list[float]
+    finish_reason: str  # "stop" (a stop token was generated, and kept) or "length"
+
+
+class Generator(Protocol):
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]: ...
+
+
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample one token per row. logits: (B, V) -> ids (B,), logprobs (B,), entropies (B,).
+
+    The recorded logprob and entropy are those of the temperature-scaled distribution before top-p
+    truncation, the same distribution the trainer recomputes (verl and vLLM do the same).
+    """
+    logits = logits.float()
+    if temperature <= 0:
+        logp = F.log_softmax(logits, dim=-1)
+        ids = logits.argmax(-1)
+    else:
+        logp = F.log_softmax(logits / temperature, dim=-1)
+        probs = logp.exp()
+        if top_p < 1.0:
+            sorted_p, order = probs.sort(-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the top token
+            sorted_p = sorted_p * keep
+            choice = torch.multinomial(sorted_p, 1, generator=gen).squeeze(-1)
+            ids = order.gather(-1, choice[:, None]).squeeze(-1)
+        else:
+            ids = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return ids, logp.gather(-1, ids[:, None]).squeeze(-1), entropy
+
+
+class HFGenerator:
+    """Batched sampling from a transformers causal LM: left-padded prefill, then one token per step.
+
+    Rows are processed in chunks of at most `max_batch` prompts, sorted by length to limit padding.
+    """
+
+    def __init__(self, model: torch.nn.Module, pad_id: int, max_batch: int = 256, seed: int = 0):
+        self.model = model
+        self.pad_id = pad_id
+        self.max_batch = max_batch
+        self.rng = torch.Generator().manual_seed(seed)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out: list[Generation | None] = [None] * len(prompts)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for s in range(0, len(order), self.max_batch):
+                chunk = order[s : s + self.max_batch]
+                for i, g in zip(
+                    chunk, self._generate_chunk([prompts[i] for i in chunk], params), strict=True
+                ):
+                    out[i] = g
+        finally:
+            self.model.train(was_training)
+        return out  # type: ignore[return-value]
+
+    def _generate_chunk(self, prompts: list[Sequence[int]], params: SamplingParams) -> list[Generation]:
+        dev, B = self.device, len(prompts)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((B, width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding keeps every row's next token in the last column
+            ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            attn[i, width - len(p) :] = 1
+        ids, attn = ids.to(dev), attn.to(dev)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        stop = torch.tensor(sorted(set(params.stop_token_ids)) or [-1], device=dev)
+        new_ids, new_lp, new_ent = [], [], []
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        lengths = torch.zeros(B, dtype=torch.long, device=dev)
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+        for _ in range(params.max_new_tokens):
+            tok, lp, ent = sample_next(out.logits[:, -1, :], params.temperature, params.top_p, self.rng)
+            tok = torch.where(done, torch.full_like(tok, self.pad_id), tok)
+            new_ids.append(tok)
+            new_lp.append(lp)
+            new_ent.append(ent)
+            lengths += (~done).long()
+            done = done | torch.isin(tok, stop)
+            if bool(done.all()):
+                break
+            attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=dev)], dim=1)
+            pos = pos[:, -1:] + 1
+            out = self.model(
+                input_ids=tok[:, None],
+                attention_mask=attn,
+                position_ids=pos,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
+        gen_ids = torch.stack(new_ids, 1).cpu()  # (B, n_new)
+        gen_lp, gen_ent = torch.stack(new_lp, 1).cpu(), torch.stack(new_ent, 1).cpu()
+        done, lengths = done.cpu(), lengths.cpu()
+        return [
+            Generation(
+                ids=gen_ids[i, : lengths[i]].tolist(),
+                logprobs=gen_lp[i, : lengths[i]].tolist(),
+                entropies=gen_ent[i, : lengths[i]].tolist(),
+                finish_reason="stop" if done[i] else "length",
+            )
+            for i in range(B)
+        ]

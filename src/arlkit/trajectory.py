@@ -1,0 +1,251 @@
+"""The central data structure: one episode as flat, token-aligned arrays (DESIGN.md).
+
+Everything downstream (loss mask, advantage mask, per-turn credit, viewers) is derived from `roles` and
+`turn`, never from re-parsing text. Roles follow METHODS.md §1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import torch
+
+
+class Role(IntEnum):
+    """Role of a token (METHODS.md §1)."""
+
+    PROMPT = 0
+    REASONING = 1
+    ACTION = 2
+    OBSERVATION = 3
+    ANSWER = 4
+
+
+GENERATED_ROLES = (Role.REASONING, Role.ACTION, Role.ANSWER)
+PAD_ROLE = -1
+
+
+@dataclass(frozen=True)
+class SpanDelimiters:
+    """Token-id sequences that open and close the ACTION and ANSWER spans.
+
+    A delimiter is a sequence because a tokenizer may split it; the role changes after its last token.
+    """
+
+    call_open: tuple[int, ...]
+    call_close: tuple[int, ...]
+    answer_open: tuple[int, ...]
+    answer_close: tuple[int, ...]
+
+
+def _ends_with(ids: Sequence[int], end: int, pattern: tuple[int, ...]) -> bool:
+    n = len(pattern)
+    return n > 0 and end + 1 >= n and tuple(ids[end + 1 - n : end + 1]) == pattern
+
+
+def generated_roles(ids: Sequence[int], delims: SpanDelimiters) -> list[Role]:
+    """Roles of one turn's generated ids (DART Eq. 2, arXiv 2602.00994).
+
+    ℓ(t) = ACTION iff the prefix c_<t is inside an open tool-call span: the call's content and its closing
+    delimiter are ACTION, the opening delimiter (the decision to act) is REASONING. ANSWER spans follow the
+    same rule with the answer tags. Since ℓ(t) depends on c_<t only, generation can route by it too.
+    """
+    roles: list[Role] = []
+    state = Role.REASONING
+    for t in range(len(ids)):
+        roles.append(state)
+        if state == Role.REASONING:
+            if _ends_with(ids, t, delims.call_open):
+                state = Role.ACTION
+            elif _ends_with(ids, t, delims.answer_open):
+                state = Role.ANSWER
+        elif (state == Role.ACTION and _ends_with(ids, t, delims.call_close)) or (
+            state == Role.ANSWER and _ends_with(ids, t, delims.answer_close)
+        ):
+            state = Role.REASONING
+    return roles
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """One assistant turn: where its generated span lies, the tool calls it made and its step reward.
+
+    The step (process) reward belongs to the last generated token of the turn, `end - 1` (Agent-R1).
+    """
+
+    start: int
+    end: int
+    calls: tuple[Any, ...] = ()
+    reward: float = 0.0
+    finish_reason: str = ""
+
+
+@dataclass
+class Trajectory:
+    """One episode of one prompt. All per-token lists have the same length L."""
+
+    token_ids: list[int] = field(default_factory=list)
+    roles: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # at generation; NaN where not generated
+    entropies: list[float] = field(default_factory=list)  # at generation; NaN where not generated
+    turn: list[int] = field(default_factory=list)  # prompt: 0; turn k and the observation after it: k
+    turns: list[TurnRecord] = field(default_factory=list)
+    reward: float = 0.0  # final (outcome) reward
+    group_id: int = 0  # prompt id: the n rollouts of one prompt share it
+    parent: int | None = None  # for branched rollouts (APPO/ARPO)
+    branch_pos: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def n_turns(self) -> int:
+        return len(self.turns)
+
+    def extend_context(self, ids: Sequence[int], role: Role) -> None:
+        """Append ids the model did not generate (prompt or observation)."""
+        k = max(len(self.turns) - 1, 0)
+        self.token_ids.extend(ids)
+        self.roles.extend([int(role)] * len(ids))
+        self.logprobs.extend([math.nan] * len(ids))
+        self.entropies.extend([math.nan] * len(ids))
+        self.turn.extend([k] * len(ids))
+
+    def add_turn(
+        self,
+        ids: Sequence[int],
+        roles: Sequence[Role],
+        logprobs: Sequence[float],
+        entropies: Sequence[float] | None = None,
+        finish_reason: str = "",
+    ) -> None:
+        """Append one turn's generated ids exactly as generated (never re-tokenised)."""
+        if not (len(ids) == len(roles) == len(logprobs)):
+            raise ValueError("ids, roles and logprobs of a turn must have the same length")
+        k, start = len(self.turns), len(self.token_ids)
+        self.token_ids.extend(ids)
+        self.roles.extend(int(r) for r in roles)
+        self.logprobs.extend(float(x) for x in logprobs)
+        self.entropies.extend(
+            float(x) for x in entropies
+        ) if entropies is not None else self.entropies.extend([math.nan] * len(ids))
+        self.turn.extend([k] * len(ids))
+        self.turns.append(TurnRecord(start=start, end=len(self.token_ids), finish_reason=finish_reason))
+
+    def set_turn_outcome(self, calls: Sequence[Any], reward: float) -> None:
+        """Record the tool calls and step reward of the last turn."""
+        last = self.turns[-1]
+        self.turns[-1] = TurnRecord(last.start, last.end, tuple(calls), float(reward), last.finish_reason)
+
+    @property
+    def n_generated(self) -> int:
+        return sum(1 for r in self.roles if r in GENERATED_ROLES)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (NaN logprobs become None)."""
+        clean = [None if math.isnan(x) else round(x, 5) for x in self.logprobs]
+        return {
+            "group_id": self.group_id,
+            "reward": self.reward,
+            "token_ids": self.token_ids,
+            "roles": self.roles,
+            "turn": self.turn,
+            "logprobs": clean,
+            "turns": [
+                {
+                    "start": t.start,
+                    "end": t.end,
+                    "reward": t.reward,
+                    "finish_reason": t.finish_reason,
+                    "calls": [getattr(c, "__dict__", c) for c in t.calls],
+                }
+                for t in self.turns
+            ],
+            "parent": self.parent,
+            "branch_pos": self.branch_pos,
+            "metadata": self.metadata,
+        }
+
+
+@dataclass
+class Batch:
+    """Trajectories collated into right-padded tensors. B trajectories, T = longest length.
+
+    `loss_mask` is 1 exactly on generated tokens (REASONING, ACTION, ANSWER) and 0 on prompt, observation
+    and padding; it is derived from roles only. Per-token tensors are aligned to tokens: entry t describes
+    token t (its logprob is that of predicting it from c_<t).
+    """
+
+    input_ids: torch.Tensor  # (B, T) long
+    attention_mask: torch.Tensor  # (B, T) long, 1 = real token
+    roles: torch.Tensor  # (B, T) long, PAD_ROLE on padding
+    turn: torch.Tensor  # (B, T) long
+    loss_mask: torch.Tensor  # (B, T) float
+    rollout_logprobs: torch.Tensor  # (B, T) float, 0 where not generated
+    token_rewards: (
+        torch.Tensor
+    )  # (B, T) float: step rewards on each turn's last token, final reward on the last
+    group_index: torch.Tensor  # (B,) long
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """(B,) episode return: final plus step rewards."""
+        return self.token_rewards.sum(-1)
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+    def select(self, index: torch.Tensor) -> Batch:
+        """Rows `index` (a mini-batch), trimmed to their longest length."""
+        rows = {k: v[index] for k, v in self.__dict__.items()}
+        width = int(rows["attention_mask"].sum(-1).max())
+        return Batch(**{k: (v[:, :width] if v.dim() == 2 else v) for k, v in rows.items()})
+
+
+def loss_mask_from_roles(roles: torch.Tensor) -> torch.Tensor:
+    """1.0 where the role is generated (REASONING, ACTION, ANSWER), else 0.0. roles: (B, T) long."""
+    mask = torch.zeros(roles.shape, dtype=torch.float32)
+    for r in GENERATED_ROLES:
+        mask = mask + (roles == int(r)).float()
+    return mask
+
+
+def _token_rewards(traj: Trajectory) -> list[float]:
+    rewards = [0.0] * len(traj)
+    for rec in traj.turns:
+        if rec.end > rec.start:
+            rewards[rec.end - 1] += rec.reward
+    gen = [i for i, r in enumerate(traj.roles) if r in GENERATED_ROLES]
+    if gen:
+        rewards[gen[-1]] += traj.reward
+    return rewards
+
+
+def collate(trajs: Sequence[Trajectory], pad_id: int) -> Batch:
+    """Right-pad trajectories into a Batch; group ids become dense indices 0..n_groups-1."""
+    if not trajs:
+        raise ValueError("collate needs at least one trajectory")
+    width = max(len(t) for t in trajs)
+    n = len(trajs)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, width), dtype=torch.long)
+    roles = torch.full((n, width), PAD_ROLE, dtype=torch.long)
+    turn = torch.zeros((n, width), dtype=torch.long)
+    logp = torch.zeros((n, width), dtype=torch.float32)
+    rew = torch.zeros((n, width), dtype=torch.float32)
+    for i, t in enumerate(trajs):
+        L = len(t)
+        ids[i, :L] = torch.tensor(t.token_ids, dtype=torch.long)
+        attn[i, :L] = 1
+        roles[i, :L] = torch.tensor(t.roles, dtype=torch.long)
+        turn[i, :L] = torch.tensor(t.turn, dtype=torch.long)
+        logp[i, :L] = torch.nan_to_num(torch.tensor(t.logprobs, dtype=torch.float32), nan=0.0)
+        rew[i, :L] = torch.tensor(_token_rewards(t), dtype=torch.float32)
+    dense = {g: j for j, g in enumerate(dict.fromkeys(t.group_id for t in trajs))}
+    groups = torch.tensor([dense[t.group_id] for t in trajs], dtype=torch.long)
+    return Batch(ids, attn, roles, turn, loss_mask_from_roles(roles), logp, rew, groups)
