@@ -1,0 +1,124 @@
+"""Multi-hop QA: SQuAD answer normalisation, EM/F1, the Agent-R1 reward and a QA ToolEnv factory."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from arlkit.errors import ArlkitError
+
+if TYPE_CHECKING:
+    from arlkit.envs.tool_env import ToolEnv
+    from arlkit.tools.base import Tool
+
+__all__ = [
+    "QA_SYSTEM_PROMPT",
+    "QAScorer",
+    "agent_r1_reward",
+    "exact_match",
+    "make_qa_env",
+    "normalize_answer",
+    "token_f1",
+]
+
+QA_SYSTEM_PROMPT = (
+    "Answer the user's question. Use the tools to look up facts you are not sure about; questions may "
+    "need several lookups. Keep the final answer short (a name, a date, a number, a few words)."
+)
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD normalisation: lowercase, drop punctuation and articles, collapse whitespace."""
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
+    return " ".join(_ARTICLES.sub(" ", s).split())
+
+
+def _gold_list(golds: str | Sequence[str]) -> list[str]:
+    return [golds] if isinstance(golds, str) else [str(g) for g in golds]
+
+
+def exact_match(pred: str | None, golds: str | Sequence[str]) -> float:
+    """1.0 if the normalised prediction equals any normalised gold answer."""
+    if pred is None:
+        return 0.0
+    p = normalize_answer(pred)
+    return float(any(p == normalize_answer(g) for g in _gold_list(golds)))
+
+
+def _f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
+    if not pred_tokens or not gold_tokens:
+        return float(pred_tokens == gold_tokens)  # SQuAD v2: both empty counts as a match
+    same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred_tokens), same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def token_f1(pred: str | None, golds: str | Sequence[str]) -> float:
+    """Best SQuAD token F1 of the prediction over the gold answers."""
+    if pred is None:
+        return 0.0
+    p = normalize_answer(pred).split()
+    return max((_f1(p, normalize_answer(g).split()) for g in _gold_list(golds)), default=0.0)
+
+
+def agent_r1_reward(em: float, answer_ok: bool, tool_syntax_ok: bool) -> float:
+    """Agent-R1 (arXiv 2511.14460) final reward: EM when the format is valid, else r_format - 1.
+
+    r_format = (answer_ok + tool_syntax_ok) / 2, so an invalid episode scores in [-1, -0.5].
+    """
+    if answer_ok and tool_syntax_ok:
+        return float(em)
+    return (float(answer_ok) + float(tool_syntax_ok)) / 2 - 1.0
+
+
+class QAScorer:
+    """Prompt = the row's ``question``; gold answers = ``answer`` plus ``answers``/``answer_aliases``."""
+
+    def __init__(self, prompt_template: str = "{question}") -> None:
+        self.prompt_template = prompt_template
+
+    @staticmethod
+    def golds(row: dict) -> list[str]:
+        golds: list[str] = []
+        for key in ("answer", "answers", "answer_aliases"):
+            value = row.get(key)
+            if value is None:
+                continue
+            golds += _gold_list(value) if isinstance(value, (str, list, tuple)) else [str(value)]
+        if not golds:
+            raise ArlkitError(f"QA row has no gold answer: give it an 'answer' field (keys: {sorted(row)})")
+        return golds
+
+    def prompt(self, row: dict) -> str:
+        if not isinstance(row.get("question"), str):
+            raise ArlkitError(f"QA row needs a 'question' string (keys: {sorted(row)})")
+        self.golds(row)  # fail at reset, not after a whole episode
+        return self.prompt_template.format(question=row["question"])
+
+    def score(self, answer: str | None, row: dict) -> dict[str, float]:
+        golds = self.golds(row)
+        return {"em": exact_match(answer, golds), "f1": token_f1(answer, golds)}
+
+
+def make_qa_env(tools: Sequence[Tool], fmt: Any = "hermes", max_turns: int = 4, **kw: Any) -> ToolEnv:
+    """A :class:`ToolEnv` scored with :class:`QAScorer`.
+
+    Without a ``system_prompt`` keyword the system message is :data:`QA_SYSTEM_PROMPT` followed by
+    the format's instructions; ``system_prompt=None`` means no system message.
+    """
+    # Imported here because tool_env imports this module for the default reward.
+    from arlkit.envs.tool_env import ToolEnv
+
+    scorer = kw.pop("scorer", None) or QAScorer()
+    env = ToolEnv(tools, scorer, fmt=fmt, max_turns=max_turns, **kw)
+    if "system_prompt" not in kw:  # an explicit system_prompt=None means no system message
+        env.system_prompt = f"{QA_SYSTEM_PROMPT}\n\n{env.fmt.instructions()}"
+    return env

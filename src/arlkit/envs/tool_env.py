@@ -1,0 +1,285 @@
+"""ToolEnv: a text-in, text-out multi-turn environment where a model calls tools, then answers.
+
+The env never raises because of model output: malformed calls, unknown tools, bad arguments,
+tools that raise or hang all become ``{"role": "tool", "content": "Error: ..."}`` observations.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from arlkit.envs.parsing import ActionFormat, ParsedAction, ToolCall, get_format
+from arlkit.envs.qa import agent_r1_reward
+from arlkit.errors import ArlkitError
+from arlkit.tools.base import Tool, ToolArgumentError, ToolResult, tool_schema, validate_arguments
+
+__all__ = [
+    "PARSE_ERROR_NAME",
+    "REFUSAL",
+    "EpisodeResult",
+    "RewardFn",
+    "Scorer",
+    "StepResult",
+    "ToolCallRecord",
+    "ToolEnv",
+    "default_reward",
+]
+
+PARSE_ERROR_NAME = "<malformed>"  # ToolCallRecord.name of a call that could not be parsed
+REFUSAL = "tool calls are not allowed in this episode; answer directly."
+
+
+@dataclass(frozen=True)
+class ToolCallRecord:
+    name: str
+    arguments: dict
+    ok: bool
+    latency_s: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    observations: tuple[dict, ...]  # {"role": "tool", "content": str}, one per call; empty when done
+    reward: float  # process reward: sum of the tools' ToolResult.reward
+    done: bool
+    calls: tuple[ToolCallRecord, ...]
+    answer: str | None
+    finish_reason: str | None  # "answer", "no_action" or "max_turns" when done
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    reward: float
+    metrics: dict[str, float]
+    answer: str | None
+    finish_reason: str | None  # None if the episode was cut short by the caller
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    def prompt(self, row: dict) -> str: ...
+
+    def score(self, answer: str | None, row: dict) -> dict[str, float]: ...
+
+
+RewardFn = Callable[[dict[str, float]], float]
+
+
+def default_reward(metrics: dict[str, float]) -> float:
+    """Agent-R1 reward from the episode metrics (``em``, ``answer_ok``, ``tool_syntax_ok``)."""
+    return agent_r1_reward(metrics["em"], metrics["answer_ok"] > 0, metrics["tool_syntax_ok"] > 0)
+
+
+@dataclass
+class _Outcome:
+    record: ToolCallRecord
+    content: str
+    reward: float | None = None
+    syntax_error: bool = False  # bad format, unknown tool or bad arguments (not runtime failures)
+
+
+class _CallJob:
+    """One tool call on a daemon thread: a hung tool must not block the env or interpreter exit."""
+
+    def __init__(self, tool: Tool, args: dict) -> None:
+        self.tool, self.args = tool, args
+        self.result: Any = None
+        self.exc: BaseException | None = None
+        self.latency_s = 0.0
+        self.thread = threading.Thread(target=self._run, name=f"arlkit-tool-{tool.name}", daemon=True)
+
+    def _run(self) -> None:
+        start = time.perf_counter()
+        try:
+            self.result = self.tool(**self.args)
+        except BaseException as exc:  # reported as an observation; the thread just ends
+            self.exc = exc
+        finally:
+            self.latency_s = time.perf_counter() - start
+
+
+def _fail(call: ToolCall, message: str, latency_s: float = 0.0, syntax: bool = False) -> _Outcome:
+    record = ToolCallRecord(call.name, call.arguments, False, latency_s, message)
+    return _Outcome(record, f"Error: {message}", syntax_error=syntax)
+
+
+class ToolEnv:
+    """Multi-turn tool-use episode over one data row; see :meth:`step` for the rules."""
+
+    def __init__(
+        self,
+        tools: Sequence[Tool],
+        scorer: Scorer,
+        fmt: str | ActionFormat = "hermes",
+        max_turns: int = 4,
+        tool_timeout_s: float = 10.0,
+        system_prompt: str | None = None,
+        refuse_tools: bool = False,
+        reward_fn: RewardFn | None = None,
+    ) -> None:
+        self.tools: dict[str, Tool] = {}
+        for t in tools:
+            if not isinstance(getattr(t, "name", None), str) or not callable(t):
+                raise ArlkitError(f"{t!r} is not a tool: it needs a str 'name' and __call__(**kwargs)")
+            if not isinstance(getattr(t, "parameters", None), dict):
+                raise ArlkitError(f"tool '{t.name}' needs a JSON-schema dict 'parameters'")
+            if t.name in self.tools:
+                raise ArlkitError(f"two tools are named '{t.name}'; tool names must be unique")
+            self.tools[t.name] = t
+        if max_turns < 1:
+            raise ArlkitError(f"max_turns must be >= 1, got {max_turns}")
+        if tool_timeout_s <= 0:
+            raise ArlkitError(f"tool_timeout_s must be > 0, got {tool_timeout_s}")
+        self.fmt: ActionFormat = self._make_format(fmt) if isinstance(fmt, str) else fmt
+        self.scorer = scorer
+        self.max_turns = max_turns
+        self.tool_timeout_s = tool_timeout_s
+        self.system_prompt = system_prompt
+        self.refuse_tools = refuse_tools
+        self.reward_fn: RewardFn = reward_fn or default_reward
+        self._row: dict | None = None
+        self._reset_state()
+
+    def _make_format(self, name: str) -> ActionFormat:
+        if name != "tags":
+            return get_format(name)
+        # Each tag carries one string: it fills the tool's first required (else first) parameter.
+        params: dict[str, str] = {}
+        for tname, t in self.tools.items():
+            props = list(t.parameters.get("properties", {}))
+            required = list(t.parameters.get("required", []))
+            params[tname] = (required or props or ["query"])[0]
+        return get_format("tags", tool_names=list(self.tools), param_names=params)
+
+    def _reset_state(self) -> None:
+        self._turns = 0
+        self._done = False
+        self._answer: str | None = None
+        self._finish_reason: str | None = None
+        self._records: list[ToolCallRecord] = []
+        self._syntax_errors = 0
+
+    @property
+    def tools_schema(self) -> list[dict]:
+        """Function schemas of the tools, for ``apply_chat_template(..., tools=...)``."""
+        return [tool_schema(t) for t in self.tools.values()]
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def reset(self, row: dict) -> list[dict]:
+        """Start an episode on ``row``; returns the first messages (system if any, then user)."""
+        prompt = self.scorer.prompt(row)
+        self._row = row
+        self._reset_state()
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*messages, {"role": "user", "content": prompt}]
+
+    def step(self, action: str) -> StepResult:
+        """Apply one model action: an answer ends the episode, tool calls produce observations."""
+        if self._row is None:
+            raise RuntimeError("ToolEnv.step() called before reset()")
+        if self._done:
+            raise RuntimeError("ToolEnv.step() called after the episode ended; call reset()")
+        self._turns += 1
+        parsed = self._parse(action)
+        if parsed.answer is not None:  # the answer wins: calls in the same action are not run
+            self._answer = parsed.answer
+            return self._finish("answer", ())
+        if not parsed.calls and not parsed.errors:
+            return self._finish("no_action", ())
+        outcomes = self._run_calls(parsed.calls)
+        outcomes += [_fail(ToolCall(PARSE_ERROR_NAME, {}), e, syntax=True) for e in parsed.errors]
+        self._syntax_errors += sum(o.syntax_error for o in outcomes)
+        records = tuple(o.record for o in outcomes)
+        self._records += records
+        reward = float(sum(o.reward for o in outcomes if o.reward is not None))
+        if self._turns >= self.max_turns:
+            return self._finish("max_turns", records, reward)
+        observations = tuple({"role": "tool", "content": o.content} for o in outcomes)
+        return StepResult(observations, reward, False, records, None, None)
+
+    def _parse(self, action: str) -> ParsedAction:
+        try:
+            return self.fmt.parse(action)
+        except Exception as exc:  # a custom format must not crash a rollout
+            return ParsedAction((), (f"could not parse the message ({type(exc).__name__}: {exc})",), None)
+
+    def _finish(self, reason: str, records: tuple[ToolCallRecord, ...], reward: float = 0.0) -> StepResult:
+        self._done, self._finish_reason = True, reason
+        return StepResult((), reward, True, records, self._answer, reason)
+
+    def _prepare(self, call: ToolCall) -> _CallJob | _Outcome:
+        """A job ready to run, or the error outcome of a call that cannot run."""
+        if self.refuse_tools:
+            return _fail(call, REFUSAL)
+        tool = self.tools.get(call.name)
+        if tool is None:
+            available = ", ".join(self.tools) or "none"
+            return _fail(call, f"unknown tool '{call.name}'; available: {available}", syntax=True)
+        try:
+            args = validate_arguments(tool.parameters, call.arguments)
+        except ToolArgumentError as exc:
+            return _fail(call, f"invalid arguments for tool '{call.name}': {exc}", syntax=True)
+        return _CallJob(tool, args)
+
+    def _run_calls(self, calls: Sequence[ToolCall]) -> list[_Outcome]:
+        """Run the calls concurrently, each under ``tool_timeout_s``; outcomes in call order."""
+        prepared = [self._prepare(c) for c in calls]
+        jobs = [p for p in prepared if isinstance(p, _CallJob)]
+        for job in jobs:
+            job.thread.start()
+        deadline = time.monotonic() + self.tool_timeout_s
+        for job in jobs:
+            job.thread.join(max(0.0, deadline - time.monotonic()))
+        return [
+            p if isinstance(p, _Outcome) else self._collect(c, p)
+            for c, p in zip(calls, prepared, strict=True)
+        ]
+
+    def _collect(self, call: ToolCall, job: _CallJob) -> _Outcome:
+        name = call.name
+        if job.thread.is_alive():  # left running on its daemon thread; nothing can stop it safely
+            return _fail(
+                call, f"tool '{name}' timed out after {self.tool_timeout_s:g} s", self.tool_timeout_s
+            )
+        if isinstance(job.exc, ToolArgumentError):
+            return _fail(call, f"invalid arguments for tool '{name}': {job.exc}", job.latency_s, syntax=True)
+        if job.exc is not None:
+            message = f"tool '{name}' failed: {type(job.exc).__name__}: {job.exc}"
+            return _fail(call, message, job.latency_s)
+        result = ToolResult(job.result) if isinstance(job.result, str) else job.result
+        if not isinstance(result, ToolResult):
+            message = f"tool '{name}' returned {type(result).__name__} instead of a ToolResult"
+            return _fail(call, message, job.latency_s)
+        record = ToolCallRecord(
+            name, call.arguments, result.ok, job.latency_s, None if result.ok else result.text
+        )
+        return _Outcome(record, result.text, result.reward)
+
+    def result(self) -> EpisodeResult:
+        """Score the episode so far (usually after ``done``; a cut-short episode has no answer)."""
+        if self._row is None:
+            raise RuntimeError("ToolEnv.result() called before reset()")
+        scores = self.scorer.score(self._answer, self._row)
+        missing = {"em", "f1"} - set(scores)
+        if missing:
+            raise ArlkitError(f"scorer {type(self.scorer).__name__}.score() must return {sorted(missing)}")
+        answer_ok = self._answer is not None
+        syntax_ok = self._syntax_errors == 0
+        metrics = {k: float(v) for k, v in scores.items()}
+        metrics.update(
+            format_ok=float(answer_ok and syntax_ok),
+            tool_syntax_ok=float(syntax_ok),
+            answer_ok=float(answer_ok),
+            n_calls=float(len(self._records)),
+            n_failed_calls=float(sum(not r.ok for r in self._records)),
+            turns=float(self._turns),
+        )
+        return EpisodeResult(float(self.reward_fn(metrics)), metrics, self._answer, self._finish_reason)
