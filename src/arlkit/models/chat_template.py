@@ -14,8 +14,7 @@ CHAT_TEMPLATE = """
     {%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n' }}{%- endif %}
     {{- '# Tools\\n<tools>' }}
     {%- for t in tools %}{{- '\\n' + (t | tojson) }}{%- endfor %}
-    {{- '\\n</tools>\\nCall a tool with <tool_call>{"name": <name>, "arguments": <args>}</tool_call>. ' }}
-    {{- 'Give the final answer as <answer>...</answer>.<|im_end|>\\n' }}
+    {{- '\\n</tools>\\nCall: <tool_call>{"name": ..., "arguments": ...}</tool_call>. Answer: <answer>...</answer><|im_end|>\\n' }}
 {%- elif messages[0].role == 'system' %}
     {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
 {%- endif %}

@@ -27,7 +27,9 @@ def token_logprobs(
 ) -> TokenStats:
     """log π(c_t | c_<t) of each token under softmax(logits / temperature). input_ids: (B, T)."""
     pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).logits  # (B, T, V)
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False
+    ).logits  # (B, T, V)
     logits = logits[:, :-1].float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature

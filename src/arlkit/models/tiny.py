@@ -40,15 +40,15 @@ class TinyRecipe:
 
     task: ToyWikiTask = field(default_factory=ToyWikiTask)
     vocab_size: int = 1024
-    hidden_size: int = 256
+    hidden_size: int = 192  # 256 learns no better here and costs 1.6x the CPU time per token
     num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int = 2
-    intermediate_size: int = 704
+    intermediate_size: int = 512
     max_position: int = 1024
     n_demos: int = 8000
-    strategy_mix: tuple[float, float, float] = (0.3, 0.3, 0.4)  # none, first_hop, all_hops
-    sft: SFTParams = field(default_factory=lambda: SFTParams(steps=500, batch_size=32, lr=2e-3))
+    strategy_mix: tuple[float, float, float] = (0.4, 0.3, 0.3)  # none, first_hop, all_hops
+    sft: SFTParams = field(default_factory=lambda: SFTParams(steps=400, batch_size=16, lr=2e-3))
     seed: int = 0
 
     def key(self) -> str:
@@ -61,17 +61,25 @@ def cache_root() -> Path:
 
 
 def demo_actions(row: dict, strategy: str) -> list[str]:
-    """The assistant turns of a scripted demonstration (text), ending with the gold answer."""
-    hops = list(row["hops"]) if strategy == "all_hops" else list(row["hops"][:1])
+    """The assistant turns of a scripted demonstration (text), ending with the gold answer.
+
+    Names in queries and answers carry a leading space, as they do in the documents and questions, so a
+    name has the same token ids wherever it appears and the tiny model can copy it (with Qwen2's
+    pre-tokenisation "Ana" and " Ana" are different tokens).
+    """
     if strategy == "none":
-        return [f"I know this.<answer>{row['answer']}</answer>"]
+        return [f"I know this.<answer> {row['answer']}</answer>"]
+    hops = list(row["hops"]) if strategy == "all_hops" else list(row["hops"][:1])
     calls = [
-        f'I need {h}.<tool_call>{{"name": "search", "arguments": {{"query": "{h}"}}}}</tool_call>' for h in hops
+        f'I need {h}.<tool_call>{{"name": "search", "arguments": {{"query": " {h}"}}}}</tool_call>'
+        for h in hops
     ]
-    return [*calls, f"So the answer is<answer>{row['answer']}</answer>"]
+    return [*calls, f"So the answer is<answer> {row['answer']}</answer>"]
 
 
-def demo_trajectory(task: ToyWikiTask, tokenizer: PreTrainedTokenizerBase, row: dict, strategy: str) -> Trajectory:
+def demo_trajectory(
+    task: ToyWikiTask, tokenizer: PreTrainedTokenizerBase, row: dict, strategy: str
+) -> Trajectory:
     """Tokenise a scripted demonstration through the rollout engine's own Episode, so SFT sequences have
     exactly the ids, roles and observation glue that rollouts have."""
     params = RolloutParams(max_turns=task.max_turns, max_length=10_000)
@@ -79,7 +87,9 @@ def demo_trajectory(task: ToyWikiTask, tokenizer: PreTrainedTokenizerBase, row: 
     for text in demo_actions(row, strategy):
         ids = tokenizer.encode(text, add_special_tokens=False)
         if "<answer>" in text:
-            ids.append(tokenizer.eos_token_id)  # an answer turn ends the message; a call turn stops at </tool_call>
+            ids.append(
+                tokenizer.eos_token_id
+            )  # an answer turn ends the message; a call turn stops at </tool_call>
         ep.advance(ids)
         if ep.done:
             break
@@ -96,7 +106,8 @@ def _demo_rows(recipe: TinyRecipe) -> list[tuple[dict, str]]:
 def _rendered_demos(recipe: TinyRecipe, tokenizer: PreTrainedTokenizerBase, n: int) -> list[str]:
     """Decoded text of a few demonstrations, so the final BPE also learns the chat and tool-call glue."""
     return [
-        tokenizer.decode(demo_trajectory(recipe.task, tokenizer, row, s).token_ids) for row, s in _demo_rows(recipe)[:n]
+        tokenizer.decode(demo_trajectory(recipe.task, tokenizer, row, s).token_ids)
+        for row, s in _demo_rows(recipe)[:n]
     ]
 
 
@@ -145,12 +156,16 @@ def build_base(
         "final_sft_loss": sum(losses[-20:]) / min(20, len(losses)),
     }
     (out_dir / "arlkit_recipe.json").write_text(
-        json.dumps({"recipe": dataclasses.asdict(recipe), "key": recipe.key(), "stats": stats}, indent=2, default=str)
+        json.dumps(
+            {"recipe": dataclasses.asdict(recipe), "key": recipe.key(), "stats": stats}, indent=2, default=str
+        )
     )
     return stats
 
 
-def ensure_base(recipe: TinyRecipe | None = None, on_step: Callable[[int, float], None] | None = None) -> Path:
+def ensure_base(
+    recipe: TinyRecipe | None = None, on_step: Callable[[int, float], None] | None = None
+) -> Path:
     """Path of the cached base for `recipe`, building it first if needed (atomically: build, then rename)."""
     recipe = recipe or TinyRecipe()
     final = cache_root() / f"tiny-{recipe.key()}"

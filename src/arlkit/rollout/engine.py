@@ -38,7 +38,7 @@ class Episode:
         self.env, self.tokenizer, self.row, self.params = env, tokenizer, row, params
         self.messages: list[dict] = list(env.reset(row))
         self.chat = ChatFormatter(tokenizer, env.tools_schema)
-        self.delims = self.chat.delimiters(env.format.call_open, env.format.call_close)
+        self.delims = self.chat.delimiters(env.fmt.call_open, env.fmt.call_close)
         seg = self.chat.prompt(self.messages)
         self.text = seg.text  # decoded context: what the template renders for `messages` so far
         self.traj = Trajectory(

@@ -1,0 +1,3 @@
+from arlkit.cli import main
+
+main()

@@ -1,0 +1,103 @@
+"""The `arlkit` command: demo, train, eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from arlkit.config import Config, load_config
+from arlkit.errors import ArlkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="RL for tool-using LLM agents.")
+console = Console()
+
+DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
+SUMMARY_ROWS = (
+    ("em", "EM"),
+    ("f1", "F1"),
+    ("tool_calls", "tool calls / episode"),
+    ("turns", "turns / episode"),
+    ("format_error_rate", "format-error rate"),
+)
+
+
+def _fail(e: ArlkitError) -> None:
+    console.print(f"[bold red]error:[/] {e}")
+    raise typer.Exit(2)
+
+
+def summary_table(summary: dict) -> Table:
+    table = Table(title=f"held-out questions: {summary['n_eval']} · RL steps: {summary['steps']}")
+    table.add_column("metric")
+    table.add_column("base", justify="right")
+    table.add_column("after RL", justify="right")
+    base, final = summary.get("base", {}), summary.get("final", {})
+    keys = [*SUMMARY_ROWS, *((k, k) for k in sorted(final) if k.startswith("em/"))]
+    for key, label in keys:
+        if key in final:
+            table.add_row(label, f"{base.get(key, float('nan')):.3f}", f"{final[key]:.3f}")
+    return table
+
+
+def _run(cfg: Config) -> dict:
+    from arlkit.train.loop import train
+
+    summary = train(cfg, console)
+    console.print(summary_table(summary))
+    console.print(f"wall time {summary['seconds']:.0f} s · summary: {summary['run_dir']}/summary.json")
+    return summary
+
+
+@app.command()
+def demo(overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None) -> None:
+    """Build the tiny base if needed, evaluate it, train it with GRPO, evaluate again, print before/after."""
+    try:
+        _run(load_config(DEMO_CONFIG, overrides or []))
+    except ArlkitError as e:
+        _fail(e)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config (see configs/)")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
+) -> None:
+    """Train with a YAML config plus dotted overrides, e.g. `algo.lr=1e-5 train.steps=50`."""
+    try:
+        _run(load_config(config, overrides or []))
+    except ArlkitError as e:
+        _fail(e)
+
+
+@app.command("eval")
+def eval_cmd(
+    config: Annotated[Path | None, typer.Option(help="YAML config; defaults otherwise")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="checkpoint folder or HF model id (overrides model.path)")
+    ] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
+) -> None:
+    """Evaluate a policy on held-out questions and print the metrics as JSON."""
+    from arlkit.train.loop import run_eval, setup
+
+    try:
+        extra = [f"model.path={model}"] if model else []
+        cfg = load_config(config, [*(overrides or []), *extra, "train.steps=0"])
+        s = setup(cfg, console)
+        metrics = run_eval(s, 0, "eval")
+    except ArlkitError as e:
+        _fail(e)
+    console.print_json(json.dumps(metrics))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

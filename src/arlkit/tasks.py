@@ -1,0 +1,54 @@
+"""Task wiring: a world or data set, its tools and its env, as one object the trainer asks for rows and envs.
+
+Text only (no torch), like `envs/` and `tools/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from arlkit.data.toywiki import World, make_world, question_row
+from arlkit.envs.qa import make_qa_env
+from arlkit.envs.tool_env import ToolEnv
+from arlkit.tools.search import BM25Search
+
+
+@dataclass(frozen=True)
+class ToyWikiTask:
+    """Multi-hop QA over a `toywiki` world with one BM25 `search` tool."""
+
+    seed: int = 0
+    n_people: int = 1500
+    n_cities: int = 40
+    n_countries: int = 12
+    n_orgs: int = 25
+    heldout_frac: float = 0.2
+    top_k: int = 2
+    max_turns: int = 4
+    fmt: str = "hermes"
+
+    @cached_property
+    def world(self) -> World:
+        return make_world(
+            seed=self.seed,
+            n_people=self.n_people,
+            n_cities=self.n_cities,
+            n_countries=self.n_countries,
+            n_orgs=self.n_orgs,
+            heldout_frac=self.heldout_frac,
+        )
+
+    @cached_property
+    def search(self) -> BM25Search:
+        docs = [(d.title, d.text) for d in self.world.docs]
+        return BM25Search(docs, top_k=self.top_k, description="Search the wiki.")
+
+    def make_env(self) -> ToolEnv:
+        # No system prompt: the chat template already renders the tool schema and the call syntax, and every
+        # prompt token costs compute in each forward on CPU.
+        return make_qa_env([self.search], fmt=self.fmt, max_turns=self.max_turns, system_prompt=None)
+
+    def rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        """`n` question rows of `split` ("train" or "heldout"), deterministic from `seed`."""
+        return [question_row(q) for q in self.world.questions(split, n, seed=seed)]

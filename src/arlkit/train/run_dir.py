@@ -1,0 +1,61 @@
+"""The run folder: resolved config, metrics.jsonl, TensorBoard events, samples, checkpoints and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from arlkit.trajectory import Trajectory
+
+
+class RunDir:
+    """Writes everything a run produces under one folder; metrics are namespaced `section/name`."""
+
+    def __init__(self, path: str | Path, tensorboard: bool = True):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "checkpoints").mkdir(exist_ok=True)
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.path / "tensorboard"))
+            except ImportError:  # tensorboard is an optional extra
+                self._tb = None
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
+        with (self.path / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps({"step": step, **clean}) + "\n")
+        if self._tb is not None:
+            for k, v in clean.items():
+                if v is not None:
+                    self._tb.add_scalar(k, v, step)
+
+    def write_samples(
+        self, step: int, trajs: Sequence[Trajectory], tokenizer: Any, name: str = "samples"
+    ) -> None:
+        with (self.path / f"{name}.jsonl").open("a") as f:
+            for t in trajs:
+                row = {"step": step, "text": tokenizer.decode(t.token_ids), **t.to_dict()}
+                f.write(json.dumps(row, default=str) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        p = self.path / "metrics.jsonl"
+        return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+    def write_json(self, name: str, data: dict[str, Any]) -> None:
+        (self.path / name).write_text(json.dumps(data, indent=2, default=str))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,69 @@
+"""Supervised fine-tuning on token-level trajectories: cross-entropy on tokens whose loss_mask is 1."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from arlkit.models.forward import token_logprobs
+from arlkit.trajectory import Trajectory, collate
+
+
+@dataclass(frozen=True)
+class SFTParams:
+    steps: int = 500
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+def sft(
+    model: torch.nn.Module,
+    examples: Sequence[Trajectory],
+    pad_id: int,
+    params: SFTParams,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train `model` in place on `examples` (loss on generated tokens only); returns the loss per step.
+
+    Batches are drawn without replacement, epoch by epoch, in an order fixed by `params.seed`.
+    """
+    gen = torch.Generator().manual_seed(params.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(params.warmup, params.steps))
+    model.train()
+    order: list[int] = []
+    losses = []
+    for step in range(params.steps):
+        if len(order) < params.batch_size:
+            order += torch.randperm(len(examples), generator=gen).tolist()
+        idx, order = order[: params.batch_size], order[params.batch_size :]
+        batch = collate([examples[i] for i in idx], pad_id)
+        lp = token_logprobs(model, batch.input_ids, batch.attention_mask).logprobs
+        loss = -(lp * batch.loss_mask).sum() / batch.loss_mask.sum().clamp(min=1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step, losses[-1])
+    return losses
+
+
+def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    import math
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
