@@ -60,7 +60,9 @@ def test_ppo_clip_hand_computed_with_observation_in_the_middle():
 def test_dual_clip_caps_negative_advantage_loss():
     # r = 5, A = -1: -min(-5, -1.28) = 5, capped by dual clip c=3 at -c*A = 3
     new = torch.tensor([[math.log(5.0)]])
-    out = ppo_clip_loss(new, torch.zeros(1, 1), -torch.ones(1, 1), torch.ones(1, 1), clip_high=0.28, dual_clip=3.0)
+    out = ppo_clip_loss(
+        new, torch.zeros(1, 1), -torch.ones(1, 1), torch.ones(1, 1), clip_high=0.28, dual_clip=3.0
+    )
     assert math.isclose(float(out.loss), 3.0, rel_tol=1e-6)
     out = ppo_clip_loss(new, torch.zeros(1, 1), -torch.ones(1, 1), torch.ones(1, 1), clip_high=0.28)
     assert math.isclose(float(out.loss), 5.0, rel_tol=1e-6)

@@ -13,6 +13,15 @@ from rich.table import Table
 from arlkit.config import Config, load_config
 from arlkit.errors import ArlkitError
 
+
+def _quiet_transformers() -> None:
+    """Our own progress bars say what is happening; transformers' per-shard bars only add noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RL for tool-using LLM agents.")
 console = Console()
 
@@ -47,6 +56,7 @@ def summary_table(summary: dict) -> Table:
 def _run(cfg: Config) -> dict:
     from arlkit.train.loop import train
 
+    _quiet_transformers()
     summary = train(cfg, console)
     console.print(summary_table(summary))
     console.print(f"wall time {summary['seconds']:.0f} s · summary: {summary['run_dir']}/summary.json")
@@ -85,6 +95,7 @@ def eval_cmd(
     """Evaluate a policy on held-out questions and print the metrics as JSON."""
     from arlkit.train.loop import run_eval, setup
 
+    _quiet_transformers()
     try:
         extra = [f"model.path={model}"] if model else []
         cfg = load_config(config, [*(overrides or []), *extra, "train.steps=0"])

@@ -42,7 +42,7 @@ class TaskConfig(_Section):
     heldout_frac: float = Field(0.2, gt=0, lt=1)
     top_k: int = Field(2, gt=0)  # documents per search
     max_turns: int = Field(4, gt=0)  # assistant turns per episode
-    fmt: Literal["hermes", "tags"] = "hermes"
+    fmt: Literal["hermes", "tags"] = "tags"  # the tiny base is trained on this format
     n_eval: int = Field(500, ge=0)  # held-out questions per evaluation
     eval_seed: int = 12345
 

@@ -26,7 +26,8 @@ class ToyWikiTask:
     heldout_frac: float = 0.2
     top_k: int = 2
     max_turns: int = 4
-    fmt: str = "hermes"
+    fmt: str = "tags"  # fewer tokens per call than hermes JSON: the tiny base learns to copy names sooner
+    show_tool_schemas: bool = False
 
     @cached_property
     def world(self) -> World:
@@ -45,9 +46,16 @@ class ToyWikiTask:
         return BM25Search(docs, top_k=self.top_k, description="Search the wiki.")
 
     def make_env(self) -> ToolEnv:
-        # No system prompt: the chat template already renders the tool schema and the call syntax, and every
-        # prompt token costs compute in each forward on CPU.
-        return make_qa_env([self.search], fmt=self.fmt, max_turns=self.max_turns, system_prompt=None)
+        # The tiny model learns the tool from demonstrations, not from reading a schema, and on CPU every
+        # prompt token is paid for in every forward: the default prompt is the bare question (Search-R1 style).
+        # `show_tool_schemas=True` renders the schemas with the chat template, as a real model needs.
+        return make_qa_env(
+            [self.search],
+            fmt=self.fmt,
+            max_turns=self.max_turns,
+            system_prompt=None,
+            show_tool_schemas=self.show_tool_schemas,
+        )
 
     def rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
         """`n` question rows of `split` ("train" or "heldout"), deterministic from `seed`."""

@@ -125,15 +125,15 @@ class Trajectory:
         finish_reason: str = "",
     ) -> None:
         """Append one turn's generated ids exactly as generated (never re-tokenised)."""
-        if not (len(ids) == len(roles) == len(logprobs)):
-            raise ValueError("ids, roles and logprobs of a turn must have the same length")
+        if not (len(ids) == len(roles) == len(logprobs)) or (
+            entropies is not None and len(entropies) != len(ids)
+        ):
+            raise ValueError("ids, roles, logprobs and entropies of a turn must have the same length")
         k, start = len(self.turns), len(self.token_ids)
         self.token_ids.extend(ids)
         self.roles.extend(int(r) for r in roles)
         self.logprobs.extend(float(x) for x in logprobs)
-        self.entropies.extend(
-            float(x) for x in entropies
-        ) if entropies is not None else self.entropies.extend([math.nan] * len(ids))
+        self.entropies.extend([math.nan] * len(ids) if entropies is None else [float(x) for x in entropies])
         self.turn.extend([k] * len(ids))
         self.turns.append(TurnRecord(start=start, end=len(self.token_ids), finish_reason=finish_reason))
 

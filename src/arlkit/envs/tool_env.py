@@ -121,7 +121,9 @@ class ToolEnv:
         system_prompt: str | None = None,
         refuse_tools: bool = False,
         reward_fn: RewardFn | None = None,
+        show_tool_schemas: bool = True,
     ) -> None:
+        self.show_tool_schemas = show_tool_schemas
         self.tools: dict[str, Tool] = {}
         for t in tools:
             if not isinstance(getattr(t, "name", None), str) or not callable(t):
@@ -168,6 +170,11 @@ class ToolEnv:
     def tools_schema(self) -> list[dict]:
         """Function schemas of the tools, for ``apply_chat_template(..., tools=...)``."""
         return [tool_schema(t) for t in self.tools.values()]
+
+    @property
+    def prompt_tools(self) -> list[dict] | None:
+        """What the chat template renders as `tools=`: the schemas, or None when the env hides them."""
+        return self.tools_schema if self.show_tool_schemas else None
 
     @property
     def done(self) -> bool:

@@ -40,15 +40,15 @@ class TinyRecipe:
 
     task: ToyWikiTask = field(default_factory=ToyWikiTask)
     vocab_size: int = 1024
-    hidden_size: int = 192  # 256 learns no better here and costs 1.6x the CPU time per token
+    hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int = 2
-    intermediate_size: int = 512
+    intermediate_size: int = 704
     max_position: int = 1024
     n_demos: int = 8000
     strategy_mix: tuple[float, float, float] = (0.4, 0.3, 0.3)  # none, first_hop, all_hops
-    sft: SFTParams = field(default_factory=lambda: SFTParams(steps=400, batch_size=16, lr=2e-3))
+    sft: SFTParams = field(default_factory=lambda: SFTParams(steps=1000, batch_size=32, lr=3e-3))
     seed: int = 0
 
     def key(self) -> str:
@@ -60,7 +60,13 @@ def cache_root() -> Path:
     return Path(os.environ.get("ARLKIT_CACHE", Path.home() / ".cache" / "arlkit"))
 
 
-def demo_actions(row: dict, strategy: str) -> list[str]:
+def _call_text(fmt: str, query: str) -> str:
+    if fmt == "tags":
+        return f"<search> {query}</search>"
+    return f'<tool_call>{{"name": "search", "arguments": {{"query": " {query}"}}}}</tool_call>'
+
+
+def demo_actions(row: dict, strategy: str, fmt: str = "hermes") -> list[str]:
     """The assistant turns of a scripted demonstration (text), ending with the gold answer.
 
     Names in queries and answers carry a leading space, as they do in the documents and questions, so a
@@ -70,10 +76,7 @@ def demo_actions(row: dict, strategy: str) -> list[str]:
     if strategy == "none":
         return [f"I know this.<answer> {row['answer']}</answer>"]
     hops = list(row["hops"]) if strategy == "all_hops" else list(row["hops"][:1])
-    calls = [
-        f'I need {h}.<tool_call>{{"name": "search", "arguments": {{"query": " {h}"}}}}</tool_call>'
-        for h in hops
-    ]
+    calls = [f"I need {h}.{_call_text(fmt, h)}" for h in hops]
     return [*calls, f"So the answer is<answer> {row['answer']}</answer>"]
 
 
@@ -84,7 +87,7 @@ def demo_trajectory(
     exactly the ids, roles and observation glue that rollouts have."""
     params = RolloutParams(max_turns=task.max_turns, max_length=10_000)
     ep = Episode(task.make_env(), tokenizer, row, group_id=0, params=params)
-    for text in demo_actions(row, strategy):
+    for text in demo_actions(row, strategy, task.fmt):
         ids = tokenizer.encode(text, add_special_tokens=False)
         if "<answer>" in text:
             ids.append(

@@ -37,7 +37,7 @@ class Episode:
     def __init__(self, env: Any, tokenizer: Any, row: dict, group_id: int, params: RolloutParams):
         self.env, self.tokenizer, self.row, self.params = env, tokenizer, row, params
         self.messages: list[dict] = list(env.reset(row))
-        self.chat = ChatFormatter(tokenizer, env.tools_schema)
+        self.chat = ChatFormatter(tokenizer, env.prompt_tools)
         self.delims = self.chat.delimiters(env.fmt.call_open, env.fmt.call_close)
         seg = self.chat.prompt(self.messages)
         self.text = seg.text  # decoded context: what the template renders for `messages` so far
@@ -63,6 +63,7 @@ class Episode:
         if len(ids) > budget:
             ids, finish_reason = ids[:budget], "length"
         logprobs = list(logprobs[: len(ids)]) if logprobs is not None else [math.nan] * len(ids)
+        entropies = list(entropies[: len(ids)]) if entropies is not None else None
         self.traj.add_turn(ids, generated_roles(ids, self.delims), logprobs, entropies, finish_reason)
         decoded = self.tokenizer.decode(ids, skip_special_tokens=False)
         self.text += decoded

@@ -123,7 +123,7 @@ def _micro_step(
         kl = KL_ESTIMATORS.get(algo.kl_estimator)(lp, ref_lp[rows][:, :width].to(device))
         kl_loss = AGGREGATIONS.get(algo.aggregation)(kl, mask)
         loss = loss + algo.kl_coef * kl_loss
-        stats["kl"] = float(kl_loss)
+        stats["kl"] = float(kl_loss.detach())
     # token_mean averages over the mini-batch's tokens, the sequence aggregations over its rows
     weight = mask.sum() / n_tokens if algo.aggregation == "token_mean" else rows.numel() / n_rows
     (loss * weight).backward()

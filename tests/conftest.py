@@ -1,0 +1,78 @@
+"""Session fixtures: a small ToyWiki task, a tiny tokenizer and tiny Qwen2 models saved with save_pretrained.
+
+Everything is built once per session and is small enough for a 2-core CPU: the world has 120 people, the
+model 2 layers of width 64 (~0.1 M parameters), the tokenizer 600 merges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from transformers import PreTrainedTokenizerBase, Qwen2ForCausalLM
+
+from arlkit.models.tiny import TinyRecipe, build_tokenizer, demo_trajectory, new_model
+from arlkit.tasks import ToyWikiTask
+from arlkit.train.sft import SFTParams, sft
+
+
+@dataclass(frozen=True)
+class Tiny:
+    task: ToyWikiTask
+    recipe: TinyRecipe
+    tokenizer: PreTrainedTokenizerBase
+    model: Qwen2ForCausalLM  # random init, eval mode; tests must not train it in place
+    model_dir: Path  # the random model and the tokenizer, saved with save_pretrained
+    sft_dir: Path  # a briefly SFT'd copy (see `tiny`), for RL runs that need reward variance
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    task = ToyWikiTask(n_people=120, max_turns=3, fmt="hermes")  # the Qwen/Hermes convention
+    recipe = TinyRecipe(
+        task=task,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        n_demos=200,
+        vocab_size=600,
+    )
+    tok = build_tokenizer(recipe)
+    model = new_model(recipe, tok).eval()
+    model_dir = tmp_path_factory.mktemp("tiny_random")
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+
+    # A random policy almost never varies its reward within a GRPO group (it rarely emits a tool tag), so all
+    # advantages are 0 and no weight moves. A few SFT steps on demonstrations give it the call/answer shape
+    # and mistakes, hence varied rewards and non-zero policy gradients in RL tests.
+    sft_model = new_model(recipe, tok)
+    rows = task.rows("train", 24, seed=7)
+    demos = [demo_trajectory(task, tok, r, ("none", "first_hop")[i % 2]) for i, r in enumerate(rows)]
+    sft(sft_model, demos, tok.pad_token_id, SFTParams(steps=6, batch_size=4, lr=1e-2, warmup=1))
+    sft_dir = tmp_path_factory.mktemp("tiny_sft")
+    sft_model.save_pretrained(sft_dir)
+    tok.save_pretrained(sft_dir)
+    return Tiny(task, recipe, tok, model, model_dir, sft_dir)
+
+
+@pytest.fixture(scope="session")
+def task(tiny: Tiny) -> ToyWikiTask:
+    return tiny.task
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny: Tiny) -> PreTrainedTokenizerBase:
+    return tiny.tokenizer
+
+
+@pytest.fixture(scope="session")
+def rows_by_kind(task: ToyWikiTask) -> dict[str, list[dict]]:
+    """Train rows grouped by kind (1hop, 2hop, comparison, 3hop)."""
+    out: dict[str, list[dict]] = {}
+    for r in task.rows("train", 80, seed=3):
+        out.setdefault(r["kind"], []).append(r)
+    return out
