@@ -204,3 +204,14 @@ def test_bad_question_args_raise(world: World) -> None:
         world.questions("train", 5, kinds={"1hop": 0.0})
     with pytest.raises(ValueError, match="n must"):
         world.questions("train", -1)
+
+
+def test_sft_and_rl_splits_halve_the_train_people(world) -> None:
+    people = {
+        s: {n for q in world.questions(s, 400, seed=3) for n in q.people} for s in ("sft", "rl", "heldout")
+    }
+    assert people["sft"] and people["rl"]
+    assert not people["sft"] & people["rl"]  # RL asks about people SFT never showed
+    assert not (people["sft"] | people["rl"]) & people["heldout"]
+    heldout_names = {p.name for p in world.people if p.heldout}
+    assert not (people["sft"] | people["rl"]) & heldout_names

@@ -43,6 +43,9 @@ class TaskConfig(_Section):
     top_k: int = Field(2, gt=0)  # documents per search
     max_turns: int = Field(4, gt=0)  # assistant turns per episode
     fmt: Literal["hermes", "tags"] = "tags"  # the tiny base is trained on this format
+    # RL questions: "rl" = train people the tiny base's SFT never saw (so memory does not answer them);
+    # "train" = all train people. Held-out people are never in either.
+    train_split: Literal["train", "rl", "sft"] = "rl"
     n_eval: int = Field(500, ge=0)  # held-out questions per evaluation
     eval_seed: int = 12345
 

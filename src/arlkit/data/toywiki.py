@@ -42,7 +42,7 @@ _ORG_SUFFIXES = ("corp", "tek", "dyne")
 _COMMON_WORDS = frozenset({"ardor", "armor", "martin", "fenland", "mormor", "wenwen", "daldal", "dordor"})
 
 DEFAULT_KINDS: dict[str, float] = {"1hop": 0.35, "2hop": 0.35, "comparison": 0.15, "3hop": 0.15}
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "heldout", "sft", "rl")
 _MAX_CITIES, _MAX_COUNTRIES, _MAX_ORGS = 300, 150, 200  # below the inventories, leaving room for filtering
 
 # kind -> template key -> text; the key selects how answer and hops are derived in World._resolve.
@@ -126,6 +126,15 @@ class World:
         except KeyError:
             raise KeyError(f"no ToyWiki document titled {title!r}") from None
 
+    def _pool(self, split: str) -> list[Person]:
+        """People a split's questions are about. "sft" and "rl" halve the train people, so an RL stage can
+        ask about people whose facts an SFT stage never showed (answering from memory fails on them, as
+        on held-out people)."""
+        if split == "heldout":
+            return [p for p in self.people if p.heldout]
+        train = [p for p in self.people if not p.heldout]
+        return {"train": train, "sft": train[0::2], "rl": train[1::2]}[split]
+
     def questions(
         self, split: str, n: int, seed: int = 0, kinds: dict[str, float] | None = None
     ) -> list[Question]:
@@ -135,7 +144,7 @@ class World:
         if not isinstance(n, int) or n < 0:
             raise ToyWikiError(f"n must be an int >= 0, got {n!r}")
         weights = _check_kinds(DEFAULT_KINDS if kinds is None else kinds)
-        pool = [p for p in self.people if p.heldout == (split == "heldout")]
+        pool = self._pool(split)
         if weights.get("comparison", 0) > 0 and len({p.birth_year for p in pool}) < 2:
             raise ToyWikiError(f"comparison questions need two {split} people with different birth years")
         # A string seed hashes stably (sha512), unlike hash() of a tuple under PYTHONHASHSEED.

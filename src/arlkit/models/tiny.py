@@ -102,7 +102,7 @@ def demo_trajectory(
 
 def _demo_rows(recipe: TinyRecipe) -> list[tuple[dict, str]]:
     rng = random.Random(recipe.seed)
-    rows = recipe.task.rows("train", recipe.n_demos, seed=recipe.seed + 1)
+    rows = recipe.task.rows("sft", recipe.n_demos, seed=recipe.seed + 1)
     return [(row, rng.choices(STRATEGIES, weights=recipe.strategy_mix)[0]) for row in rows]
 
 

@@ -110,7 +110,7 @@ def setup(cfg: Config, console: Console) -> Setup:
         optimizer=opt,
         scheduler=sched,
         run=run,
-        train_rows=task.rows("train", n_train, seed=cfg.train.seed + 1000),
+        train_rows=task.rows(cfg.task.train_split, n_train, seed=cfg.train.seed + 1000),
         eval_rows=task.rows("heldout", cfg.task.n_eval, seed=cfg.task.eval_seed),
         rng=torch.Generator().manual_seed(cfg.train.seed),
     )
