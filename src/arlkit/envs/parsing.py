@@ -8,6 +8,7 @@ calls become messages in :attr:`ParsedAction.errors`.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -28,8 +29,8 @@ __all__ = [
 ]
 
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _TAG_NAME = re.compile(r"^[A-Za-z_][\w-]*$")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -61,21 +62,44 @@ class ActionFormat(Protocol):
 
 
 def extract_answer(text: str) -> str | None:
-    """Stripped content of the last complete ``<answer>...</answer>``, or None."""
-    found = _ANSWER.findall(text)
-    return found[-1].strip() if found else None
+    """Stripped content of the last complete ``<answer>...</answer>``, or None.
+
+    A forward scan, the same matches as ``re.findall(r"<answer>(.*?)</answer>", re.DOTALL)`` in linear
+    time: the regex retried every ``<answer>`` to the end of the text, quadratic on thousands of them.
+    """
+    found, pos = None, 0
+    while (o := text.find(ANSWER_OPEN, pos)) != -1:
+        c = text.find(ANSWER_CLOSE, o + len(ANSWER_OPEN))
+        if c == -1:  # no later <answer> can close either
+            break
+        found, pos = text[o + len(ANSWER_OPEN) : c], c + len(ANSWER_CLOSE)
+    return found.strip() if found is not None else None
+
+
+def _positions(text: str, tag: str) -> list[int]:
+    """Sorted start offsets of every occurrence of ``tag`` (tags cannot overlap themselves: '<…>')."""
+    return [m.start() for m in re.finditer(re.escape(tag), text)]
+
+
+def _next(positions: list[int], pos: int) -> int:
+    """The first offset >= pos, or -1."""
+    i = bisect.bisect_left(positions, pos)
+    return positions[i] if i < len(positions) else -1
 
 
 def _scan_blocks(text: str, open_tag: str, close_tag: str) -> list[tuple[int, str | None, str | None]]:
     """(position, body, error) of each ``open_tag ... close_tag`` block in order.
 
     Unclosed opens (including an open followed by another open) and stray closes become errors
-    with body None, so one malformed block does not swallow the well-formed ones after it.
+    with body None, so one malformed block does not swallow the well-formed ones after it. Tag offsets
+    are found once and looked up by bisection: ``str.find`` in the loop was quadratic in the number of
+    tags (thousands of unclosed opens took seconds).
     """
+    opens, closes = _positions(text, open_tag), _positions(text, close_tag)
     blocks: list[tuple[int, str | None, str | None]] = []
     pos = 0
     while True:
-        o, c = text.find(open_tag, pos), text.find(close_tag, pos)
+        o, c = _next(opens, pos), _next(closes, pos)
         if o == -1 and c == -1:
             return blocks
         if o == -1 or (c != -1 and c < o):
@@ -83,7 +107,7 @@ def _scan_blocks(text: str, open_tag: str, close_tag: str) -> list[tuple[int, st
             pos = c + len(close_tag)
             continue
         start = o + len(open_tag)
-        c, nxt = text.find(close_tag, start), text.find(open_tag, start)
+        c, nxt = _next(closes, start), _next(opens, start)
         if c == -1 or (nxt != -1 and nxt < c):
             blocks.append((o, None, f"unclosed {open_tag} (missing {close_tag})"))
             if nxt == -1:
@@ -99,12 +123,40 @@ def _json_kind(value: object) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
+_NOT_JSON = object()
+
+
+def _load_json(text: str) -> tuple[object, str | None]:
+    """(value, None), or (_NOT_JSON, why) for text that is not JSON a tool call can carry.
+
+    ``json.loads`` raises more than JSONDecodeError on model output: ValueError for an integer of more
+    than ``sys.get_int_max_str_digits()`` digits (4,300 by default) and RecursionError for deep nesting.
+    Lone UTF-16 surrogate escapes (``"\\ud800"``) decode to strings that cannot be encoded as UTF-8, so
+    an observation echoing them would break tokenisation downstream: they are rejected too.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return _NOT_JSON, f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    except RecursionError:
+        return _NOT_JSON, "nested too deeply"
+    except ValueError:
+        return _NOT_JSON, "a number has too many digits"
+    if _SURROGATE_ESCAPE.search(text):  # paired escapes are fine (emoji); only lone ones break UTF-8
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return _NOT_JSON, "a string holds an unpaired surrogate escape such as \\ud800"
+        except RecursionError:  # the encoder's stack can be a little shallower than the decoder's
+            return _NOT_JSON, "nested too deeply"
+    return value, None
+
+
 def _parse_hermes_body(body: str) -> ToolCall | str:
     """A ToolCall, or an error message (without position) for a malformed body."""
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as exc:
-        return f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    obj, why = _load_json(body)
+    if why is not None:
+        return f"invalid JSON ({why})"
     if not isinstance(obj, dict):
         return f'expected a JSON object with "name" and "arguments", got {_json_kind(obj)}'
     name = obj.get("name")
@@ -112,9 +164,8 @@ def _parse_hermes_body(body: str) -> ToolCall | str:
         return 'missing "name" (the tool name as a string)'
     args = obj.get("arguments", {})
     if isinstance(args, str):  # some models emit the arguments as a JSON-encoded string
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError:
+        args, why = _load_json(args) if args.strip() else ({}, None)
+        if why is not None:
             return '"arguments" is a string that is not a JSON object'
     if args is None:
         args = {}
