@@ -1,4 +1,4 @@
-"""The `arlkit` command: demo, train, eval."""
+"""The `arlkit` command: demo, train, eval, inspect."""
 
 from __future__ import annotations
 
@@ -104,6 +104,32 @@ def eval_cmd(
     except ArlkitError as e:
         _fail(e)
     console.print_json(json.dumps(metrics))
+
+
+@app.command("inspect")
+def inspect_cmd(
+    run: Annotated[Path, typer.Argument(help="run folder (holds samples.jsonl and eval_*.jsonl)")],
+    out: Annotated[Path | None, typer.Option(help="HTML file to write; default RUN/inspect.html")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many trajectories per sample file")] = 64,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="tokenizer (path or HF id) for samples stored without per-token text")
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page of the run's sample trajectories: tokens coloured by role,
+    entropy/advantage shading, tool calls and observations, rewards, branch trees."""
+    from arlkit.viewer import write_page
+
+    try:
+        if tokenizer:
+            from arlkit.models.loading import load_tokenizer
+
+            _quiet_transformers()
+            path = write_page(run, out, limit, load_tokenizer(tokenizer))
+        else:
+            path = write_page(run, out, limit)
+    except ArlkitError as e:
+        _fail(e)
+    console.print(f"wrote {path}")
 
 
 def main() -> None:

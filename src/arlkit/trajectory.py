@@ -147,15 +147,15 @@ class Trajectory:
         return sum(1 for r in self.roles if r in GENERATED_ROLES)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (NaN logprobs become None)."""
-        clean = [None if math.isnan(x) else round(x, 5) for x in self.logprobs]
+        """A JSON-ready view (NaN logprobs and entropies become None)."""
         return {
             "group_id": self.group_id,
             "reward": self.reward,
             "token_ids": self.token_ids,
             "roles": self.roles,
             "turn": self.turn,
-            "logprobs": clean,
+            "logprobs": json_floats(self.logprobs),
+            "entropies": json_floats(self.entropies),
             "turns": [
                 {
                     "start": t.start,
@@ -170,6 +170,11 @@ class Trajectory:
             "branch_pos": self.branch_pos,
             "metadata": self.metadata,
         }
+
+
+def json_floats(values: Sequence[float]) -> list[float | None]:
+    """Rounded to 5 decimals (samples files stay small); NaN and inf become None (JSON has neither)."""
+    return [round(x, 5) if math.isfinite(x) else None for x in values]
 
 
 @dataclass

@@ -80,14 +80,14 @@ def demo_actions(row: dict, strategy: str, fmt: str = "hermes") -> list[str]:
     return [*calls, f"So the answer is<answer> {row['answer']}</answer>"]
 
 
-def demo_trajectory(
-    task: ToyWikiTask, tokenizer: PreTrainedTokenizerBase, row: dict, strategy: str
+def scripted_trajectory(
+    task: ToyWikiTask, tokenizer: PreTrainedTokenizerBase, row: dict, actions: list[str]
 ) -> Trajectory:
-    """Tokenise a scripted demonstration through the rollout engine's own Episode, so SFT sequences have
-    exactly the ids, roles and observation glue that rollouts have."""
+    """Tokenise assistant turns given as text through the rollout engine's own Episode, so the sequence has
+    exactly the ids, roles and observation glue that rollouts have. Stops early if the episode ends."""
     params = RolloutParams(max_turns=task.max_turns, max_length=10_000)
     ep = Episode(task.make_env(), tokenizer, row, group_id=0, params=params)
-    for text in demo_actions(row, strategy, task.fmt):
+    for text in actions:
         ids = tokenizer.encode(text, add_special_tokens=False)
         if "<answer>" in text:
             ids.append(
@@ -96,8 +96,16 @@ def demo_trajectory(
         ep.advance(ids)
         if ep.done:
             break
-    ep.traj.metadata["strategy"] = strategy
     return ep.traj
+
+
+def demo_trajectory(
+    task: ToyWikiTask, tokenizer: PreTrainedTokenizerBase, row: dict, strategy: str
+) -> Trajectory:
+    """A scripted demonstration of ``strategy`` (see :func:`demo_actions`), as SFT trains on."""
+    traj = scripted_trajectory(task, tokenizer, row, demo_actions(row, strategy, task.fmt))
+    traj.metadata["strategy"] = strategy
+    return traj
 
 
 def _demo_rows(recipe: TinyRecipe) -> list[tuple[dict, str]]:

@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from arlkit.trajectory import Trajectory
+from arlkit.trajectory import Trajectory, json_floats
+from arlkit.viewer.tokens import token_pieces
 
 
 class RunDir:
@@ -42,11 +43,29 @@ class RunDir:
                     self._tb.add_scalar(k, v, step)
 
     def write_samples(
-        self, step: int, trajs: Sequence[Trajectory], tokenizer: Any, name: str = "samples"
+        self,
+        step: int,
+        trajs: Sequence[Trajectory],
+        tokenizer: Any,
+        name: str = "samples",
+        advantages: Sequence[Sequence[float]] | None = None,
     ) -> None:
+        """Append one JSON row per trajectory to `{name}.jsonl` (what `arlkit inspect` renders).
+
+        Besides `Trajectory.to_dict`, a row holds `step`, `index` (position in `trajs`: what `parent`
+        refers to for branched rollouts), the decoded `text`, `token_text` (each token's piece of it, for
+        viewers) and, when given, `advantages`: one value per token, e.g. the rows of the (B, T)
+        advantage tensor (padding beyond each trajectory's length is cut off).
+        """
+        if advantages is not None and len(advantages) < len(trajs):
+            raise ValueError(f"advantages has {len(advantages)} rows for {len(trajs)} trajectories")
         with (self.path / f"{name}.jsonl").open("a") as f:
-            for t in trajs:
-                row = {"step": step, "text": tokenizer.decode(t.token_ids), **t.to_dict()}
+            for i, t in enumerate(trajs):
+                row = {"step": step, "index": i, "text": tokenizer.decode(t.token_ids), **t.to_dict()}
+                row["token_text"] = token_pieces(tokenizer, t.token_ids)
+                if advantages is not None:
+                    values = advantages[i][: len(t)]  # a tensor row or a list
+                    row["advantages"] = json_floats(values.tolist() if hasattr(values, "tolist") else values)
                 f.write(json.dumps(row, default=str) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
