@@ -27,10 +27,10 @@ class Tiny:
     sft_dir: Path  # a briefly SFT'd copy (see `tiny`), for RL runs that need reward variance
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+def tiny_recipe() -> TinyRecipe:
+    """The test-sized recipe (also used by tests/bad_inputs.py outside pytest)."""
     task = ToyWikiTask(n_people=120, max_turns=3, fmt="hermes")  # the Qwen/Hermes convention
-    recipe = TinyRecipe(
+    return TinyRecipe(
         task=task,
         hidden_size=64,
         intermediate_size=128,
@@ -40,6 +40,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
         n_demos=200,
         vocab_size=600,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    recipe = tiny_recipe()
+    task = recipe.task
     tok = build_tokenizer(recipe)
     model = new_model(recipe, tok).eval()
     model_dir = tmp_path_factory.mktemp("tiny_random")

@@ -66,6 +66,8 @@ def test_overrides_parse_numbers_bools_null_and_lists() -> None:
         (["rollout.top_p=1.5", "task.n_people=3"], ["rollout.top_p", "task.n_people"]),  # every error listed
         (["algo.clip_low"], ["algo.clip_low", "section.field=value"]),  # no '='
         (["algo.lr.x=1"], ["algo.lr"]),  # a field used as a section
+        (["algo.advantage=grpoo"], ["algo.advantage", "'grpoo'", "valid: grpo"]),  # checked at load time
+        (["algo.kl_estimator=k4"], ["algo.kl_estimator", "valid: k1, k2, k3"]),
     ],
 )
 def test_bad_overrides_name_the_field(overrides, names) -> None:

@@ -124,7 +124,7 @@ def inspect_cmd(
             from arlkit.models.loading import load_tokenizer
 
             _quiet_transformers()
-            path = write_page(run, out, limit, load_tokenizer(tokenizer))
+            path = write_page(run, out, limit, load_tokenizer(tokenizer, field="--tokenizer"))
         else:
             path = write_page(run, out, limit)
     except ArlkitError as e:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from arlkit.errors import ArlkitError
 
@@ -79,6 +79,32 @@ class AlgoConfig(_Section):
     micro_batch_size: int = Field(32, gt=0)  # rows per forward (gradient accumulation)
     grad_clip: float = Field(1.0, gt=0)
 
+    @field_validator("advantage", "policy_loss", "aggregation", "kl_estimator")
+    @classmethod
+    def _registered(cls, name: str, info: Any) -> str:
+        """Names of registered functions: checked at load time, not steps into a run (the registries live
+        in `arlkit.algos`; every module there is imported so that every registration counts)."""
+        from arlkit.algos.registry import import_all_algos
+
+        import_all_algos()
+        registry = _registry(info.field_name)
+        if name not in registry.names():
+            raise ValueError(f"unknown {registry.kind} {name!r}; valid: {', '.join(registry.names())}")
+        return name
+
+
+def _registry(field_name: str) -> Any:
+    from arlkit.algos.advantages import ADVANTAGES
+    from arlkit.algos.kl import KL_ESTIMATORS
+    from arlkit.algos.losses import AGGREGATIONS, POLICY_LOSSES
+
+    return {
+        "advantage": ADVANTAGES,
+        "policy_loss": POLICY_LOSSES,
+        "aggregation": AGGREGATIONS,
+        "kl_estimator": KL_ESTIMATORS,
+    }[field_name]
+
 
 class TrainConfig(_Section):
     steps: int = Field(100, ge=0)
@@ -146,5 +172,6 @@ def _describe(e: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown config field {field!r}")
         else:
-            lines.append(f"config field {field!r}: {err['msg']} (got {err.get('input')!r})")
+            msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+            lines.append(f"config field {field!r}: {msg} (got {err.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(lines)

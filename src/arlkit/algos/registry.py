@@ -3,6 +3,8 @@ valid ones. All entries of one registry share one signature, so no caller branch
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -32,3 +34,11 @@ class Registry(Generic[F]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+
+def import_all_algos() -> None:
+    """Import every module of `arlkit.algos`, so every registration has run before names are checked."""
+    import arlkit.algos
+
+    for module in pkgutil.iter_modules(arlkit.algos.__path__):
+        importlib.import_module(f"arlkit.algos.{module.name}")

@@ -146,7 +146,10 @@ class World:
         weights = _check_kinds(DEFAULT_KINDS if kinds is None else kinds)
         pool = self._pool(split)
         if weights.get("comparison", 0) > 0 and len({p.birth_year for p in pool}) < 2:
-            raise ToyWikiError(f"comparison questions need two {split} people with different birth years")
+            raise ToyWikiError(
+                f"comparison questions need two {split} people with different birth years, but the {split} "
+                f"split has {len(pool)} people: raise n_people or move heldout_frac away from 0 and 1"
+            )
         # A string seed hashes stably (sha512), unlike hash() of a tuple under PYTHONHASHSEED.
         rng = random.Random(f"toywiki|{self.seed}|{seed}|{split}")
         names = sorted(weights)

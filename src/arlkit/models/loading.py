@@ -50,11 +50,37 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+def check_local_path(path: str | Path, field: str = "model.path", needs: str | None = None) -> None:
+    """Fail fast on a local path that cannot hold a model, where transformers would report a hub error.
+
+    A path counts as local when it starts with '/', '.' or '~' or exists; anything else may be a Hugging
+    Face id ("org/name") and is left to transformers. ``needs``: a file the folder must hold.
+    """
+    text = str(path)
+    local = Path(text).expanduser()
+    if not (text.startswith(("/", ".", "~")) or local.exists()):
+        return
+    if not local.exists():
+        raise ArlkitError(
+            f"{field} {text!r} does not exist; give a folder written by save_pretrained or a Hugging Face "
+            "model id such as Qwen/Qwen2.5-3B-Instruct"
+        )
+    if not local.is_dir():
+        raise ArlkitError(f"{field} {text!r} is a file; give the folder that holds it (config.json, weights)")
+    if needs and not (local / needs).is_file():
+        found = ", ".join(sorted(p.name for p in local.iterdir())[:8]) or "nothing"
+        raise ArlkitError(
+            f"{field} {text!r} holds no {needs}, so it is not a model saved with save_pretrained "
+            f"(it holds: {found})"
+        )
+
+
+def load_tokenizer(path: str | Path, field: str = "model.path") -> PreTrainedTokenizerBase:
+    check_local_path(path, field)
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # transformers raises many types; the user needs the path and the cause
-        raise ArlkitError(f"could not load a tokenizer from model.path {str(path)!r}: {e}") from None
+        raise ArlkitError(f"could not load a tokenizer from {field} {str(path)!r}: {e}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # many causal LMs ship without a pad token
     return tok
@@ -75,6 +101,7 @@ def load_policy(
     Raises:
         ArlkitError: the path does not hold a loadable model or tokenizer.
     """
+    check_local_path(path, needs="config.json")
     tokenizer = load_tokenizer(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from arlkit.errors import ArlkitError
 from arlkit.rollout.chat import ChatFormatter
 from arlkit.rollout.generator import Generator, SamplingParams
 from arlkit.trajectory import Role, Trajectory, generated_roles
@@ -40,6 +41,11 @@ class Episode:
         self.chat = ChatFormatter(tokenizer, env.prompt_tools)
         self.delims = self.chat.delimiters(env.fmt.call_open, env.fmt.call_close)
         seg = self.chat.prompt(self.messages)
+        if len(seg.ids) >= params.max_length:  # nothing could be generated; the episode would be noise
+            raise ArlkitError(
+                f"the prompt of row {row.get('id', '?')!r} has {len(seg.ids)} tokens but the episode limit "
+                f"rollout.max_length is {params.max_length}; raise rollout.max_length"
+            )
         self.text = seg.text  # decoded context: what the template renders for `messages` so far
         self.traj = Trajectory(
             group_id=group_id, metadata={"id": row.get("id"), "question": row.get("question")}

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from arlkit.errors import ArlkitError
 from arlkit.trajectory import Trajectory, json_floats
 from arlkit.viewer.tokens import token_pieces
 
@@ -19,8 +20,12 @@ class RunDir:
 
     def __init__(self, path: str | Path, tensorboard: bool = True):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "checkpoints").mkdir(exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise ArlkitError(f"train.run_dir {str(self.path)!r} is a file; give a folder (new or a run's)")
+        try:
+            (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # permissions, a read-only disk, a parent that is a file
+            raise ArlkitError(f"cannot create the run folder train.run_dir {str(self.path)!r}: {e}") from None
         self._tb = None
         if tensorboard:
             try:
