@@ -268,3 +268,29 @@ def test_cli_inspect(run_dir, tmp_path) -> None:
     proc = _arlkit("inspect", str(tmp_path / "missing"), cwd=tmp_path)
     assert proc.returncode == 2 and "missing" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
     assert write_page(run_dir) == run_dir / "inspect.html"
+
+
+def test_tree_keeps_rows_caught_in_a_parent_cycle(tmp_path) -> None:
+    """Bad data (#1 → #2 → #1) must not drop rows from the tree: they are listed from the first one seen."""
+    from arlkit.viewer.load import RunSamples
+
+    def row(index: int, parent: int | None) -> dict:
+        return {
+            "step": 3,
+            "index": index,
+            "parent": parent,
+            "branch_pos": 1 if parent is not None else None,
+            "token_ids": [1, 2],
+            "token_text": ["a", "b"],
+            "roles": [0, 1],
+            "turn": [0, 0],
+            "reward": 0.0,
+        }
+
+    samples = RunSamples(tmp_path, {"samples": [row(0, None), row(1, 2), row(2, 1)]})
+    page = parse_page(render_page(samples))
+    assert [(d, t.split(" reward")[0]) for d, t in page.tree] == [
+        (1, "#0"),
+        (1, "#1 @ token 1"),
+        (2, "#2 @ token 1"),
+    ]

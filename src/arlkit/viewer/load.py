@@ -13,7 +13,7 @@ import yaml
 from arlkit.errors import ArlkitError
 from arlkit.viewer.tokens import token_pieces
 
-__all__ = ["RunSamples", "load_run", "select_rows"]
+__all__ = ["RunSamples", "group_by_step", "load_run", "select_rows"]
 
 
 @dataclass
@@ -52,6 +52,14 @@ def _read_optional(path: Path, parse: Callable[[str], Any]) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def group_by_step(rows: list[dict]) -> dict[Any, list[dict]]:
+    """Rows by their `step`, in order of first appearance."""
+    out: dict[Any, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r.get("step"), []).append(r)
+    return out
+
+
 def select_rows(rows: list[dict], limit: int) -> list[dict]:
     """At most ``limit`` rows, whole steps at a time, from steps spread evenly from the first to the last.
 
@@ -59,9 +67,7 @@ def select_rows(rows: list[dict], limit: int) -> list[dict]:
     """
     if len(rows) <= limit:
         return rows
-    by_step: dict[Any, list[dict]] = {}
-    for r in rows:
-        by_step.setdefault(r.get("step"), []).append(r)
+    by_step = group_by_step(rows)
     steps = list(by_step)
     per_step = max(1, len(rows) // len(steps))
     k = max(1, min(len(steps), limit // per_step))

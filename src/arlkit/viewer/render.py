@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Any
 
 from arlkit.trajectory import Role
-from arlkit.viewer.load import RunSamples
+from arlkit.viewer.load import RunSamples, group_by_step
 
 __all__ = ["render_page"]
 
@@ -142,8 +142,9 @@ def _card(source: str, row: dict) -> str:
         f'data-outcome="{_outcome(row)}"><header><span class="where">{escape(source)} · step '
         f"{escape(str(row.get('step')))} · #{escape(str(row.get('index', '?')))} · group "
         f"{escape(str(row.get('group_id')))}{branch}</span>"
-        f'<span class="reward {sign}">reward {_num(reward)}</span><span class="em">EM {_num(em, ".0f")}</span>'
-        f"</header>{_meta(row)}{_tokens(row)}{_turns(row)}</section>"
+        f'<span class="reward {sign}">reward {_num(reward)}</span>'
+        f'<span class="em">EM {_num(em, ".0f")}</span></header>'
+        f"{_meta(row)}{_tokens(row)}{_turns(row)}</section>"
     )
 
 
@@ -164,7 +165,8 @@ def _tree_node(source: str, row: dict, children: dict[Any, list[dict]], seen: se
 
 
 def _tree(source: str, step: Any, rows: list[dict]) -> str:
-    """Parent → children of one step's rollouts; a parent missing from the samples is a placeholder."""
+    """Parent → children of one step's rollouts; a parent missing from the samples is a placeholder, and
+    rows caught in a parent cycle (bad data) are listed at the top level rather than lost."""
     indices = {r.get("index") for r in rows}
     children: dict[Any, list[dict]] = {}
     for r in rows:
@@ -173,23 +175,22 @@ def _tree(source: str, step: Any, rows: list[dict]) -> str:
     roots = "".join(_tree_node(source, r, children, seen) for r in children.get(None, []))
     for parent in [p for p in children if p is not None and p not in indices]:
         sub = "".join(_tree_node(source, c, children, seen) for c in children[parent] if id(c) not in seen)
-        roots += (
-            f'<li class="tree-node missing">#{escape(str(parent))} (not in the samples)<ul>{sub}</ul></li>'
-        )
-    return f'<div class="tree-block"><h3>{escape(source)} · step {escape(str(step))}</h3><ul class="tree">{roots}</ul></div>'
+        label = f"#{escape(str(parent))} (not in the samples)"
+        roots += f'<li class="tree-node missing">{label}<ul>{sub}</ul></li>'
+    for r in rows:
+        if id(r) not in seen:
+            roots += _tree_node(source, r, children, seen)
+    title = f"<h3>{escape(source)} · step {escape(str(step))}</h3>"
+    return f'<div class="tree-block">{title}<ul class="tree">{roots}</ul></div>'
 
 
 def _trees(samples: RunSamples) -> str:
-    blocks = []
-    for source, rows in samples.sources.items():
-        by_step: dict[Any, list[dict]] = {}
-        for r in rows:
-            by_step.setdefault(r.get("step"), []).append(r)
-        blocks += [
-            _tree(source, step, rs)
-            for step, rs in by_step.items()
-            if any(r.get("parent") is not None for r in rs)
-        ]
+    blocks = [
+        _tree(source, step, rs)
+        for source, rows in samples.sources.items()
+        for step, rs in group_by_step(rows).items()
+        if any(r.get("parent") is not None for r in rs)
+    ]
     body = "".join(blocks) or '<p class="none">No branched rollouts in these samples.</p>'
     return f'<section class="trees"><h2>Branch trees</h2>{body}</section>'
 
@@ -202,21 +203,29 @@ def _legend(has_entropy: bool, has_advantage: bool) -> str:
         checked = " checked" if value == "role" else ""
         return f'<label><input type="radio" name="shade" value="{value}"{checked}{state}> {label}</label>'
 
-    return (
-        f'<div class="legend">{chips}<span class="shade">shade by: {radio("role", "role", True)}'
-        f"{radio('entropy', 'entropy', has_entropy)}{radio('advantage', 'advantage (green +, red −)', has_advantage)}"
-        "</span></div>"
+    radios = (
+        radio("role", "role", True)
+        + radio("entropy", "entropy", has_entropy)
+        + radio("advantage", "advantage (green +, red −)", has_advantage)
     )
+    return f'<div class="legend">{chips}<span class="shade">shade by: {radios}</span></div>'
 
 
 def _controls(samples: RunSamples) -> str:
     options = "".join(f'<option value="{escape(s)}">{escape(s)}</option>' for s in samples.sources)
+    outcomes = "".join(
+        f'<option value="{v}">{label}</option>'
+        for v, label in (
+            ("all", "all outcomes"),
+            ("correct", "EM = 1"),
+            ("wrong", "EM = 0"),
+            ("format_error", "format error"),
+        )
+    )
+    search = '<input id="q" type="search" placeholder="filter: question, answer, tool, text…">'
     return (
-        '<div class="controls"><input id="q" type="search" placeholder="filter: question, answer, tool, text…">'
-        f'<select id="src"><option value="all">all files</option>{options}</select>'
-        '<select id="outcome"><option value="all">all outcomes</option><option value="correct">EM = 1</option>'
-        '<option value="wrong">EM = 0</option><option value="format_error">format error</option></select>'
-        '<span id="count"></span></div>'
+        f'<div class="controls">{search}<select id="src"><option value="all">all files</option>{options}'
+        f'</select><select id="outcome">{outcomes}</select><span id="count"></span></div>'
     )
 
 
@@ -244,9 +253,9 @@ def render_page(samples: RunSamples) -> str:
     )
     has_a = any(isinstance(r.get("advantages"), list) for _, r in rows)
     cards = "".join(_card(s, r) for s, r in rows)
+    head = f"<title>arlkit · {escape(samples.path.name)}</title><style>{_asset('page.css')}</style>"
+    body = f"{_header(samples)}{_legend(has_e, has_a)}{_controls(samples)}{_trees(samples)}"
     return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>arlkit · {escape(samples.path.name)}</title><style>{_asset('page.css')}</style></head>"
-        f'<body data-shade="role">{_header(samples)}{_legend(has_e, has_a)}{_controls(samples)}'
-        f'{_trees(samples)}<main class="cards">{cards}</main><script>{_asset("page.js")}</script></body></html>'
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{head}</head><body data-shade="role">'
+        f'{body}<main class="cards">{cards}</main><script>{_asset("page.js")}</script></body></html>'
     )
