@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run_overrides
 from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -18,20 +19,7 @@ from arlkit.train.sft import SFTParams, sft
 
 
 def _overrides(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        f"model.path={model_dir}",
-        "task.n_people=120",
-        "task.max_turns=3",
-        "task.fmt=hermes",  # the fixture model was trained on hermes demonstrations
-        "task.n_eval=8",
-        "rollout.n=4",
-        "rollout.prompts_per_step=2",
-        "rollout.max_new_tokens=16",
-        "train.steps=2",
-        "train.device=cpu",
-        f"train.run_dir={run_dir}",
-        *extra,
-    ]
+    return tiny_run_overrides(model_dir, run_dir, *extra)
 
 
 def _quiet() -> Console:

@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from arlkit.errors import ArlkitError
 
@@ -47,6 +55,10 @@ class TaskConfig(_Section):
     # "train" = all train people. Held-out people are never in either.
     train_split: Literal["train", "rl", "sft"] = "rl"
     n_eval: int = Field(500, ge=0)  # held-out questions per evaluation
+    # Agent-R1 process reward on the last token of the action that earned it: none, a bonus per successful
+    # tool call, or a bonus per search whose results hold a gold supporting document
+    process_reward: Literal["none", "tool_success", "gold_retrieval"] = "none"
+    process_reward_value: float = 0.1
     eval_seed: int = 12345
 
 
@@ -62,28 +74,71 @@ class RolloutConfig(_Section):
 
 
 class AlgoConfig(_Section):
-    advantage: str = "grpo"
-    norm_by_std: bool = True
-    policy_loss: str = "ppo_clip"
+    """The policy-gradient algorithm: advantage estimator, policy loss, KL, DAPO pieces and the optimiser.
+
+    Names (`advantage`, `policy_loss`, `aggregation`, `kl_estimator`) are checked against the registries in
+    `arlkit.algos` when the config loads.
+    """
+
+    advantage: str = "grpo"  # grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline, remax, gae
+    gamma: float = Field(1.0, ge=0, le=1)  # discount; 1.0 as Agent-R1/verl outcome-reward recipes
+    lam: float = Field(1.0, ge=0, le=1)  # GAE λ
+    discount_unit: Literal["token", "turn"] = "token"  # "turn": γ once per turn boundary
+    aligned_advantages: bool = True  # Agent-R1 advantage mask; False runs returns/GAE over observations too
+    norm_by_std: bool = True  # GRPO's division by the group std
+    policy_loss: str = "ppo_clip"  # ppo_clip, gspo, reinforce
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.28, ge=0)  # clip-higher (DAPO)
     dual_clip: float | None = Field(None, gt=1)
-    aggregation: str = "token_mean"
-    kl_coef: float = Field(0.0, ge=0)  # KL-to-reference loss term; 0 disables (and skips the reference pass)
-    kl_estimator: str = "k3"
+    aggregation: str = (
+        "token_mean"  # token_mean, seq_mean_token_sum, seq_mean_token_mean, seq_mean_token_sum_norm
+    )
+    norm_constant: float | None = Field(None, gt=0)  # seq_mean_token_sum_norm divisor; None: the token budget
+    kl_coef: float = Field(0.0, ge=0)  # 0 disables KL (and skips the reference pass)
+    kl_mode: Literal["loss", "reward"] = "loss"  # KL as a loss term, or as a per-token reward penalty
+    kl_estimator: str = "k3"  # k1, k2, k3
+    entropy_coef: float = Field(0.0, ge=0)  # entropy bonus in the actor loss
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, refill from new prompts
+    max_sampling_rounds: int = Field(3, gt=0)  # rollout rounds per step when refilling
+    overlong_buffer: int = Field(0, ge=0)  # DAPO soft overlong penalty ramp (generated tokens); 0 disables
+    overlong_factor: float = Field(1.0, ge=0)  # penalty at and beyond the token budget
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0)  # optimiser steps of linear warm-up
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"  # decay after warm-up
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # floor of cosine/linear decay, as a share of lr
     epochs: int = Field(1, gt=0)  # passes over each rollout batch
     mini_batches: int = Field(1, gt=0)  # optimizer steps per epoch
     micro_batch_size: int = Field(32, gt=0)  # rows per forward (gradient accumulation)
     grad_clip: float = Field(1.0, gt=0)
+
+    @field_validator("advantage", "policy_loss", "aggregation", "kl_estimator")
+    @classmethod
+    def _registered(cls, value: str, info: ValidationInfo) -> str:
+        from arlkit.algos import registry_for
+
+        registry = registry_for(info.field_name)
+        if value not in registry.names():
+            raise ValueError(f"unknown {registry.kind} {value!r}; valid: {', '.join(registry.names())}")
+        return value
+
+
+class CriticConfig(_Section):
+    """The value function for `algo.advantage: gae` (PPO)."""
+
+    kind: Literal["none", "separate", "value_head"] = "none"  # separate model, or a head on the policy
+    path: str | None = None  # separate critic's initial weights; None: the policy's model.path
+    lr: float = Field(1e-4, gt=0)  # separate critic's learning rate (a value head uses algo.lr)
+    vf_coef: float = Field(0.5, ge=0)  # weight of the value loss
+    value_clip: float | None = Field(0.2, gt=0)  # PPO value clipping range; None disables
+    warmup_steps: int = Field(0, ge=0)  # RL steps that train only the critic before the actor moves
 
 
 class TrainConfig(_Section):
     steps: int = Field(100, ge=0)
     seed: int = 0
     eval_every: int = Field(0, ge=0)  # 0: evaluate only before and after training
+    eval_base: bool = True  # evaluate before training (a comparison of many runs needs it only once)
     save_every: int = Field(0, ge=0)  # 0: save only the final checkpoint
     run_dir: str = "runs/default"
     n_samples: int = Field(8, ge=0)  # trajectories written to samples.jsonl per logged step
@@ -96,7 +151,25 @@ class Config(_Section):
     task: TaskConfig = TaskConfig()
     rollout: RolloutConfig = RolloutConfig()
     algo: AlgoConfig = AlgoConfig()
+    critic: CriticConfig = CriticConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _critic_when_needed(self) -> Config:
+        from arlkit.algos import ADVANTAGES
+
+        if ADVANTAGES.info(self.algo.advantage).get("needs_values") and self.critic.kind == "none":
+            raise ValueError(
+                f"critic.kind: advantage {self.algo.advantage!r} needs a critic; set critic.kind to "
+                "'separate' or 'value_head'"
+            )
+        return self
+
+    @property
+    def token_budget(self) -> int:
+        """Most tokens one episode can generate: max_turns × max_new_tokens (Dr.GRPO's constant, DAPO's
+        overlong budget)."""
+        return self.task.max_turns * self.rollout.max_new_tokens
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
@@ -114,23 +187,42 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
 
 
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a dict, with its `include:` (a path relative to the file, or a list of them) merged
+    underneath: the including file's values win, section by section."""
+    if not path.is_file():
+        raise ArlkitError(f"config file {str(path)!r} does not exist")
+    if path.resolve() in seen:
+        raise ArlkitError(f"config file {str(path)!r} includes itself (via {' -> '.join(map(str, seen))})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ArlkitError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ArlkitError(f"config file {str(path)!r} must hold a mapping of sections")
+    includes = data.pop("include", None) or []
+    merged: dict[str, Any] = {}
+    for inc in [includes] if isinstance(includes, str) else includes:
+        _deep_merge(merged, _read_yaml(path.parent / inc, (*seen, path.resolve())))
+    return _deep_merge(merged, data)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML config (or the defaults), apply overrides, validate.
 
     Raises:
         ArlkitError: missing file, bad YAML, unknown key or bad value (the message names the field).
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ArlkitError(f"config file {str(p)!r} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ArlkitError(f"config file {str(p)!r} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ArlkitError(f"config file {str(p)!r} must hold a mapping of sections")
+    data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides:
         apply_override(data, item)
     try:
@@ -143,8 +235,11 @@ def _describe(e: ValidationError) -> str:
     lines = []
     for err in e.errors():
         field = ".".join(str(x) for x in err["loc"])
-        if err["type"] == "extra_forbidden":
+        if not field:  # a check across fields; its message names them
+            lines.append(str(err["msg"]).removeprefix("Value error, "))
+        elif err["type"] == "extra_forbidden":
             lines.append(f"unknown config field {field!r}")
         else:
-            lines.append(f"config field {field!r}: {err['msg']} (got {err.get('input')!r})")
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"config field {field!r}: {msg} (got {err.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(lines)

@@ -143,6 +143,11 @@ class Trajectory:
         self.turns[-1] = TurnRecord(last.start, last.end, tuple(calls), float(reward), last.finish_reason)
 
     @property
+    def total_reward(self) -> float:
+        """Episode return: the final reward plus every step (process) reward."""
+        return self.reward + sum(rec.reward for rec in self.turns)
+
+    @property
     def n_generated(self) -> int:
         return sum(1 for r in self.roles if r in GENERATED_ROLES)
 

@@ -26,6 +26,8 @@ class Policy:
     tokenizer: PreTrainedTokenizerBase
     ref_model: torch.nn.Module | None = None  # frozen copy (full fine-tuning with KL only)
     lora: bool = False
+    critic: torch.nn.Module | None = None  # a separate critic (models/value.py SeparateCritic)
+    value_head: torch.nn.Module | None = None  # a value head on the policy's hidden states
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[torch.nn.Module]:
@@ -39,7 +41,11 @@ class Policy:
             raise RuntimeError("no reference model: load the policy with need_reference=True")
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
+        """The actor optimiser's parameters: the policy's trainable weights and its value head, if any."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.value_head is not None:
+            params += list(self.value_head.parameters())
+        return params
 
 
 def resolve_device(name: str) -> torch.device:
