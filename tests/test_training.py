@@ -162,3 +162,22 @@ def test_sft_lowers_the_loss(tiny) -> None:
     # a random model starts near ln(V) ≈ ln(612) ≈ 6.4 nats per generated token
     assert losses[0] == pytest.approx(math.log(len(tok)), abs=0.5)
     assert sum(losses[-3:]) / 3 < losses[0] - 1.0
+
+
+def test_bucketed_batches_cover_each_epoch_once_with_little_padding() -> None:
+    import itertools
+    import random
+
+    from arlkit.train.sft import bucketed_batches
+
+    rnd = random.Random(0)
+    lengths = [rnd.randint(20, 220) for _ in range(1000)]
+    gen = torch.Generator().manual_seed(0)
+    batches = list(itertools.islice(bucketed_batches(lengths, 32, 8, gen), 64))
+    first_epoch = [i for b in batches[:32] for i in b]  # 1000 examples: 31 full batches and one of 8
+    assert sorted(first_epoch[:1000]) == list(range(1000))
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches[:32])
+    # a window of 256 sorted examples leaves each batch a narrow length range: under 10% padding
+    assert sum(lengths) / padded > 0.9
+    again = list(itertools.islice(bucketed_batches(lengths, 32, 8, torch.Generator().manual_seed(0)), 64))
+    assert again == batches  # deterministic from the seed

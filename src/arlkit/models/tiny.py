@@ -30,7 +30,7 @@ from arlkit.tasks import REWARD_ONLY_FIELDS, ToyWikiTask
 from arlkit.train.sft import SFTParams, sft
 from arlkit.trajectory import Trajectory
 
-RECIPE_VERSION = 1  # bump when the recipe's code changes what it builds, so caches are rebuilt
+RECIPE_VERSION = 2  # bump when the recipe's code changes what it builds, so caches are rebuilt
 STRATEGIES = ("none", "first_hop", "all_hops")
 
 
