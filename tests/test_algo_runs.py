@@ -212,3 +212,41 @@ def test_process_reward_lands_on_the_last_token_of_the_rewarded_action(task, tok
         rewards[first.end - 1] == 0.25 and traj.roles[first.end - 1] == 2
     )  # ACTION: the call's closing delimiter
     assert rewards[traj.turns[-1].end - 1] == 1.0
+
+
+@pytest.mark.parametrize("rule", ["group_uniform", "all_failed_trajectory"])
+def test_tao_rl_filters_and_shapes_in_the_loop(tiny, tmp_path, rule) -> None:
+    s = _setup(tiny, tmp_path, "tao.enabled=true", f"tao.tool_filter={rule}", "tao.alpha=0.5", "train.seed=3",
+               "rollout.prompts_per_step=4")  # fmt: skip
+    m = train_step(s, 1)
+    _finite(m)
+    assert m["tao/groups_in"] == 4
+    dropped = sum(
+        m.get(f"tao/{k}", 0)
+        for k in ("dropped_low_std", "dropped_all_overlong", "dropped_few_valid", "dropped_tool_uniform")
+    )
+    assert m["tao/groups_kept"] == 4 - dropped
+    if m["tao/groups_kept"] > 0:
+        assert 0.0 <= m["tao/shaped_token_share"] <= 1.0 and m["tao/mean_abs_shift"] >= 0.0
+    else:
+        assert m["actor/skipped_step"] == 1.0
+
+
+def test_tao_filter_rules_on_real_trajectories(tiny, tmp_path) -> None:
+    from arlkit.config import TaoConfig
+    from arlkit.train.filters import tao_filter
+
+    s = _setup(tiny, tmp_path, "rollout.prompts_per_step=4", "train.seed=3")
+    trajs = collect(s).trajectories
+    res = tao_filter(
+        trajs, TaoConfig(enabled=True, tool_filter="all_failed_trajectory", tool_filter_strength=1.0)
+    )
+    kept_groups = {t.group_id for t in res.trajectories}
+    for g in {t.group_id for t in trajs}:
+        rewards = [t.total_reward for t in trajs if t.group_id == g]
+        valid = [t for t in trajs if t.group_id == g and not t.overlong]
+        expect = (max(rewards) - min(rewards) > 1e-3) and len(valid) >= 4
+        assert (g in kept_groups) == expect, (g, rewards, len(valid))
+    for t, w in zip(res.trajectories, res.loss_weights, strict=True):
+        calls, ok = t.tool_calls
+        assert w == (0.0 if calls > 0 and ok == 0 else 1.0)

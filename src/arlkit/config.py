@@ -134,6 +134,22 @@ class CriticConfig(_Section):
     warmup_steps: int = Field(0, ge=0)  # RL steps that train only the critic before the actor moves
 
 
+class TaoConfig(_Section):
+    """TAO-RL (arXiv 2606.03762, METHODS.md §4): tool-aware filtering and entropy-guided shaping."""
+
+    enabled: bool = False
+    group_filter: bool = True  # drop groups with std(rewards) < std_threshold or all overlong
+    std_threshold: float = Field(1e-3, ge=0)
+    min_valid: int = Field(4, ge=1)  # non-overlong rollouts a kept group needs
+    # group_uniform: the paper (drop a group whose tool calls all fail or all succeed);
+    # all_failed_trajectory: the released code (loss × (1 − strength) for a trajectory with no valid call)
+    tool_filter: Literal["none", "group_uniform", "all_failed_trajectory"] = "group_uniform"
+    tool_filter_strength: float = Field(1.0, ge=0, le=1)
+    entropy_shaping: bool = True  # Ã = A·(1 + α·z(H)) per micro-batch
+    alpha: float = Field(0.01, ge=0)
+    tool_aware_only: bool = True  # shape post-tool tokens only (the paper); False: every generated token
+
+
 class TrainConfig(_Section):
     steps: int = Field(100, ge=0)
     seed: int = 0
@@ -152,6 +168,7 @@ class Config(_Section):
     rollout: RolloutConfig = RolloutConfig()
     algo: AlgoConfig = AlgoConfig()
     critic: CriticConfig = CriticConfig()
+    tao: TaoConfig = TaoConfig()
     train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")

@@ -148,6 +148,18 @@ class Trajectory:
         return self.reward + sum(rec.reward for rec in self.turns)
 
     @property
+    def overlong(self) -> bool:
+        """The episode was cut by a length limit: its context budget, or a turn that hit max_new_tokens."""
+        cut_turn = bool(self.turns) and self.turns[-1].finish_reason == "length"
+        return self.metadata.get("finish_reason") == "context_length" or cut_turn
+
+    @property
+    def tool_calls(self) -> tuple[int, int]:
+        """(calls, successful calls) over the episode; a malformed call counts as a failed one."""
+        calls = [c for rec in self.turns for c in rec.calls]
+        return len(calls), sum(1 for c in calls if getattr(c, "ok", False))
+
+    @property
     def n_generated(self) -> int:
         return sum(1 for r in self.roles if r in GENERATED_ROLES)
 

@@ -4,7 +4,7 @@ call on plain data."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,9 @@ from arlkit.config import Config
 from arlkit.eval.evaluate import episode_metrics, evaluate
 from arlkit.eval.plots import plot_curves
 from arlkit.rollout.engine import RolloutParams, rollout
+from arlkit.train.filters import Filtered, post_tool, tao_filter
 from arlkit.train.setup import Setup, progress, setup
+from arlkit.train.shapers import Shaper, TaoEntropyShaper
 from arlkit.train.update import UpdateBatch, batch_logprobs, batch_values, update
 from arlkit.trajectory import Batch, Trajectory, collate
 
@@ -148,7 +150,13 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     cfg = s.cfg
     t0 = time.perf_counter()
     got = collect(s)
-    trajs = got.trajectories
+    filtered = tao_filter(got.trajectories, cfg.tao) if cfg.tao.enabled else None
+    trajs = filtered.trajectories if filtered else got.trajectories
+    behaviour = {f"rollout/{k}": v for k, v in episode_metrics(got.trajectories).items()} | _tao_stats(
+        filtered
+    )
+    if not trajs:  # every group was filtered out: nothing to learn from this step
+        return behaviour | {"actor/skipped_step": 1.0, "timing_s/rollout": time.perf_counter() - t0}
     baselines = (
         greedy_baselines(s, trajs)
         if ADVANTAGES.info(cfg.algo.advantage).get("needs_greedy_baseline")
@@ -156,8 +164,11 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     )
     t1 = time.perf_counter()
     batch = collate(trajs, s.policy.tokenizer.pad_token_id)
+    if filtered:
+        batch = replace(batch, loss_mask=batch.loss_mask * torch.tensor(filtered.loss_weights)[:, None])
     train_actor = step > cfg.critic.warmup_steps
     data = prepare(s, batch, baselines)
+    data = replace(data, shapers=build_shapers(s, batch, trajs))
     t2 = time.perf_counter()
     stats = update(
         s.policy,
@@ -171,7 +182,7 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
         train_actor,
     )
     t3 = time.perf_counter()
-    metrics = step_metrics(trajs, data, stats.actor, stats.critic)
+    metrics = behaviour | step_metrics(trajs, data, stats.actor, stats.critic)
     metrics.update(
         {
             "rollout/sampling_rounds": got.rounds,
@@ -189,15 +200,28 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     return metrics
 
 
+def build_shapers(s: Setup, batch: Batch, trajs: list[Trajectory]) -> tuple[Shaper, ...]:
+    """The per-micro-batch advantage shapers the config asks for, in the order they apply."""
+    shapers: list[Shaper] = []
+    tao = s.cfg.tao
+    if tao.enabled and tao.entropy_shaping:
+        shapers.append(TaoEntropyShaper(post_tool(batch, trajs), tao.alpha, tao.tool_aware_only))
+    return tuple(shapers)
+
+
+def _tao_stats(filtered: Filtered | None) -> dict[str, float]:
+    return {f"tao/{k}": v for k, v in filtered.stats.items()} if filtered else {}
+
+
 def step_metrics(
     trajs: list[Trajectory], data: UpdateBatch, actor: dict[str, float], critic: dict[str, float]
 ) -> dict[str, float]:
-    """Namespaced metrics of one step: rollout behaviour, advantage statistics, actor and critic stats."""
+    """Namespaced metrics of the trained batch: advantage statistics, actor and critic stats."""
     mask = data.batch.loss_mask > 0
     adv = data.advantages[mask]
     scores = torch.tensor([t.total_reward for t in trajs])
-    metrics = {f"rollout/{k}": v for k, v in episode_metrics(trajs).items()}
-    metrics.update({f"actor/{k}": v for k, v in actor.items()})
+    metrics: dict[str, float] = {}
+    metrics.update({k if "/" in k else f"actor/{k}": v for k, v in actor.items()})  # shapers name their own
     metrics.update({f"critic/{k}": v for k, v in critic.items()})
     metrics["rollout/logprob_diff"] = metrics.pop("actor/logprob_diff", float("nan"))
     metrics.update(

@@ -14,6 +14,7 @@ from arlkit.algos.losses import AGGREGATIONS, POLICY_LOSSES, explained_variance,
 from arlkit.config import AlgoConfig, CriticConfig
 from arlkit.models.forward import token_logprobs
 from arlkit.models.loading import Policy
+from arlkit.train.shapers import MicroBatch, Shaper
 from arlkit.trajectory import Batch
 
 
@@ -27,6 +28,7 @@ class UpdateBatch:
     old_logprobs: torch.Tensor | None = None  # π_old; None: on-policy, the current policy is π_old
     ref_logprobs: torch.Tensor | None = None  # for a KL loss term
     old_values: torch.Tensor | None = None  # critic values at rollout time (value clipping)
+    shapers: tuple[Shaper, ...] = ()  # per-micro-batch advantage transforms (TAO-RL, APPO), in order
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,7 @@ def _micro_step(
             with_hidden=with_head,
         )
         if train_actor:
-            loss, stats = _actor_loss(out.logprobs, out.entropies, mb, data, cut, algo, norm_constant)
+            loss, stats = _actor_loss(out.logprobs, out.entropies, rows, mb, data, cut, algo, norm_constant)
         if with_head:
             # during critic warm-up the shared backbone must not move: only the head learns
             hidden = out.hidden if train_actor else out.hidden.detach()
@@ -211,6 +213,7 @@ Cut = Callable[[torch.Tensor | None], torch.Tensor | None]
 def _actor_loss(
     logprobs: torch.Tensor,
     entropies: torch.Tensor,
+    rows: torch.Tensor,
     mb: Batch,
     data: UpdateBatch,
     cut: Cut,
@@ -219,10 +222,16 @@ def _actor_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     mask = mb.loss_mask
     old = logprobs.detach() if data.old_logprobs is None else cut(data.old_logprobs)
+    adv = cut(data.advantages)
+    shaper_stats: dict[str, float] = {}
+    for shaper in data.shapers:
+        shaped = shaper(MicroBatch(rows, adv, mask, logprobs.detach(), old, entropies.detach()))
+        adv, mask = shaped.advantages, shaped.loss_mask
+        shaper_stats.update(shaped.stats)
     res = POLICY_LOSSES.get(algo.policy_loss)(
         logprobs,
         old,
-        cut(data.advantages),
+        adv,
         mask,
         clip_low=algo.clip_low,
         clip_high=algo.clip_high,
@@ -232,7 +241,7 @@ def _actor_loss(
     )
     agg = AGGREGATIONS.get(algo.aggregation)
     loss = res.loss
-    stats = {k: float(v) for k, v in res.stats.items()}
+    stats = {k: float(v) for k, v in res.stats.items()} | shaper_stats
     if data.ref_logprobs is not None:
         kl = agg(
             KL_ESTIMATORS.get(algo.kl_estimator)(logprobs, cut(data.ref_logprobs)),
