@@ -36,11 +36,40 @@ class LoraConfig(_Section):
     target_modules: str | list[str] = "all-linear"
 
 
+class RoutingConfig(_Section):
+    """Role-routed policies (METHODS.md §6): DART's two adapters, or the 2-Agent pair of full models.
+
+    The adapter (or model) computing the logits of a token is chosen by that token's role, which depends on
+    the prefix only, so generation routes exactly as training does.
+    """
+
+    kind: Literal["dart", "two_agent"] = "dart"
+    rank: int = Field(
+        8, gt=0
+    )  # DART: rank of each adapter (the joint-LoRA baseline uses model.lora, rank 16)
+    alpha: float = Field(16.0, gt=0)
+    answer_adapter: Literal["reasoning", "action"] = (
+        "reasoning"  # ANSWER tokens count as reasoning by default
+    )
+    # DART: "isolated" gives each adapter the gradient of its own role's tokens only ("decoupled updates");
+    # "shared" backpropagates the whole loss once, so a token's loss also reaches the other adapter through
+    # attention over earlier positions it computed
+    gradients: Literal["isolated", "shared"] = "isolated"
+    action_model_path: str | None = None  # 2-Agent: the action model; None: a second copy of model.path
+
+
 class ModelConfig(_Section):
     path: str = "tiny"  # "tiny": the embedded base (built on first use); else a HF model id or local path
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora: LoraConfig | None = None  # None: full fine-tuning
+    routing: RoutingConfig | None = None  # None: one policy for every token
     gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _one_adaptation(self) -> ModelConfig:
+        if self.lora is not None and self.routing is not None:
+            raise ValueError("model.lora and model.routing exclude each other: DART brings its own adapters")
+        return self
 
 
 class TaskConfig(_Section):
@@ -175,6 +204,8 @@ class Config(_Section):
     def _critic_when_needed(self) -> Config:
         from arlkit.algos import ADVANTAGES
 
+        if self.model.routing is not None and self.critic.kind == "value_head":
+            raise ValueError("critic.kind: a value head cannot share a routed policy; use 'separate'")
         if ADVANTAGES.info(self.algo.advantage).get("needs_values") and self.critic.kind == "none":
             raise ValueError(
                 f"critic.kind: advantage {self.algo.advantage!r} needs a critic; set critic.kind to "

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from arlkit.models.routing import routing
+
 
 @dataclass(frozen=True)
 class TokenStats:
@@ -26,16 +28,21 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     with_hidden: bool = False,
+    routes: torch.Tensor | None = None,
 ) -> TokenStats:
-    """log π(c_t | c_<t) of each token under softmax(logits / temperature). input_ids: (B, T)."""
+    """log π(c_t | c_<t) of each token under softmax(logits / temperature). input_ids: (B, T).
+
+    `routes` (B, T): the adapter/model of each position for a role-routed policy (models/routing.py).
+    """
     pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=pos,
-        use_cache=False,
-        output_hidden_states=with_hidden,
-    )
+    with routing(model, None if routes is None else routes.to(input_ids.device)):
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=pos,
+            use_cache=False,
+            output_hidden_states=with_hidden,
+        )
     logits = out.logits[:, :-1].float()  # (B, T-1, V)
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature

@@ -17,6 +17,7 @@ from arlkit.algos.shaping import overlong_penalty, varied_groups
 from arlkit.config import Config
 from arlkit.eval.evaluate import episode_metrics, evaluate
 from arlkit.eval.plots import plot_curves
+from arlkit.models.routing import save_routed
 from arlkit.rollout.engine import RolloutParams, rollout
 from arlkit.train.filters import Filtered, post_tool, tao_filter
 from arlkit.train.setup import Setup, progress, setup
@@ -118,11 +119,12 @@ def prepare(s: Setup, batch: Batch, baselines: torch.Tensor | None) -> UpdateBat
     cfg, policy, micro, temp = s.cfg, s.policy, s.cfg.algo.micro_batch_size, s.cfg.rollout.temperature
     a = cfg.algo
     off_policy = a.epochs > 1 or a.mini_batches > 1
-    old_lp = batch_logprobs(policy.model, batch, temp, micro) if off_policy or a.kl_mode == "reward" else None
+    need_old = off_policy or a.kl_mode == "reward"
+    old_lp = batch_logprobs(policy.model, batch, temp, micro, policy.routing) if need_old else None
     ref_lp = None
     if a.kl_coef > 0:
         with policy.reference() as ref:
-            ref_lp = batch_logprobs(ref, batch, temp, micro)
+            ref_lp = batch_logprobs(ref, batch, temp, micro, policy.routing)
     values = batch_values(policy, batch, micro) if cfg.critic.kind != "none" else None
     params = AdvantageParams(a.gamma, a.lam, a.discount_unit, a.aligned_advantages, norm_by_std=a.norm_by_std)
     inputs = AdvantageInputs(
@@ -240,7 +242,10 @@ def step_metrics(
 def save_checkpoint(s: Setup, name: str) -> Path:
     """Weights (or LoRA adapters), tokenizer and critic via save_pretrained, so any HF tool can load them."""
     path = s.run.path / "checkpoints" / name
-    s.policy.model.save_pretrained(path)
+    if s.policy.routing is not None:
+        save_routed(s.policy.model, path, s.policy.routing)
+    else:
+        s.policy.model.save_pretrained(path)
     s.policy.tokenizer.save_pretrained(path)
     if s.policy.value_head is not None:
         s.policy.value_head.save(path)

@@ -111,6 +111,7 @@ def build_policy(cfg: Config, path: Path | str, device: torch.device) -> Policy:
         _lora_kwargs(cfg),
         cfg.algo.kl_coef > 0,
         cfg.model.gradient_checkpointing,
+        cfg.model.routing.model_dump() if cfg.model.routing else None,
     )
     if cfg.critic.kind == "value_head":
         policy.value_head = ValueHead(policy.model.config.hidden_size).to(device)

@@ -12,8 +12,9 @@ import torch
 from arlkit.algos.kl import KL_ESTIMATORS
 from arlkit.algos.losses import AGGREGATIONS, POLICY_LOSSES, explained_variance, masked_mean, value_loss
 from arlkit.config import AlgoConfig, CriticConfig
-from arlkit.models.forward import token_logprobs
-from arlkit.models.loading import Policy
+from arlkit.models.forward import TokenStats, token_logprobs
+from arlkit.models.loading import Policy, policy_routes
+from arlkit.models.routing import adapter_parameters, routes_from_roles, token_adapters
 from arlkit.train.shapers import MicroBatch, Shaper
 from arlkit.trajectory import Batch
 
@@ -50,15 +51,19 @@ def _chunks(batch: Batch, micro: int) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def batch_logprobs(model: torch.nn.Module, batch: Batch, temperature: float, micro: int) -> torch.Tensor:
-    """(B, T) token logprobs under `model`, computed micro-batch by micro-batch (no gradient)."""
+def batch_logprobs(
+    model: torch.nn.Module, batch: Batch, temperature: float, micro: int, routing: dict | None = None
+) -> torch.Tensor:
+    """(B, T) token logprobs under `model`, computed micro-batch by micro-batch (no gradient). `routing`: the
+    settings of a role-routed model (its routes come from the batch's roles)."""
     out = torch.zeros_like(batch.rollout_logprobs)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     for rows in _chunks(batch, micro):
         mb = batch.select(rows).to(device)
-        lp = token_logprobs(model, mb.input_ids, mb.attention_mask, temperature).logprobs
+        routes = routes_from_roles(mb.roles, routing.get("answer_adapter", "reasoning")) if routing else None
+        lp = token_logprobs(model, mb.input_ids, mb.attention_mask, temperature, routes=routes).logprobs
         out[rows, : lp.shape[1]] = lp.float().cpu()
     model.train(was_training)
     return out
@@ -189,9 +194,13 @@ def _micro_step(
             temperature,
             with_entropy=True,
             with_hidden=with_head,
+            routes=policy_routes(policy, mb.roles),
         )
         if train_actor:
             loss, stats = _actor_loss(out.logprobs, out.entropies, rows, mb, data, cut, algo, norm_constant)
+            if _isolated(policy):  # DART: each adapter takes the gradient of its own role's tokens only
+                _isolated_backward(policy, out, rows, mb, data, cut, algo, norm_constant, weight)
+                return stats
         if with_head:
             # during critic warm-up the shared backbone must not move: only the head learns
             hidden = out.hidden if train_actor else out.hidden.detach()
@@ -210,6 +219,40 @@ def _micro_step(
 Cut = Callable[[torch.Tensor | None], torch.Tensor | None]
 
 
+def _isolated(policy: Policy) -> bool:
+    r = policy.routing
+    return r is not None and r["kind"] == "dart" and r.get("gradients", "isolated") == "isolated"
+
+
+def _isolated_backward(
+    policy: Policy,
+    out: TokenStats,
+    rows: torch.Tensor,
+    mb: Batch,
+    data: UpdateBatch,
+    cut: Cut,
+    algo: AlgoConfig,
+    norm_constant: float | None,
+    weight: float,
+) -> None:
+    """DART's decoupled updates: the loss splits exactly by token into one part per adapter (the tokens whose
+    logits that adapter computed); each adapter's gradient is that of its own part. One backward of the whole
+    loss would also carry an action token's loss into the reasoning adapter through attention over earlier
+    positions the reasoning adapter computed, and the reverse."""
+    owner = token_adapters(mb.roles, policy.routing.get("answer_adapter", "reasoning"))  # (b, t)
+    groups = adapter_parameters(policy.model)
+    for u, params in enumerate(groups):
+        part, _ = _actor_loss(
+            out.logprobs, out.entropies, rows, mb, data, cut, algo, norm_constant, select=(owner == u).float()
+        )
+        grads = torch.autograd.grad(
+            part * weight, params, retain_graph=u + 1 < len(groups), allow_unused=True
+        )
+        for p, g in zip(params, grads, strict=True):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
+
+
 def _actor_loss(
     logprobs: torch.Tensor,
     entropies: torch.Tensor,
@@ -219,7 +262,10 @@ def _actor_loss(
     cut: Cut,
     algo: AlgoConfig,
     norm_constant: float | None,
+    select: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The actor loss of a micro-batch. `select` (b, t) keeps the loss of some tokens only, with the
+    aggregation's normaliser unchanged, so the losses of a partition of the tokens add up to the whole."""
     mask = mb.loss_mask
     old = logprobs.detach() if data.old_logprobs is None else cut(data.old_logprobs)
     adv = cut(data.advantages)
@@ -228,6 +274,8 @@ def _actor_loss(
         shaped = shaper(MicroBatch(rows, adv, mask, logprobs.detach(), old, entropies.detach()))
         adv, mask = shaped.advantages, shaped.loss_mask
         shaper_stats.update(shaped.stats)
+    keep = torch.ones_like(mask) if select is None else select
+    adv = adv * keep
     res = POLICY_LOSSES.get(algo.policy_loss)(
         logprobs,
         old,
@@ -243,16 +291,13 @@ def _actor_loss(
     loss = res.loss
     stats = {k: float(v) for k, v in res.stats.items()} | shaper_stats
     if data.ref_logprobs is not None:
-        kl = agg(
-            KL_ESTIMATORS.get(algo.kl_estimator)(logprobs, cut(data.ref_logprobs)),
-            mask,
-            norm_constant=norm_constant,
-        )
+        kl_tokens = KL_ESTIMATORS.get(algo.kl_estimator)(logprobs, cut(data.ref_logprobs)) * keep
+        kl = agg(kl_tokens, mask, norm_constant=norm_constant)
         loss = loss + algo.kl_coef * kl
         stats["kl"] = float(kl.detach())
     entropy = masked_mean(entropies, mask)
     if algo.entropy_coef > 0:
-        loss = loss - algo.entropy_coef * entropy
+        loss = loss - algo.entropy_coef * masked_mean(entropies * keep, mask)
     stats["pg_loss"] = float(res.loss.detach())
     stats["entropy"] = float(entropy.detach())
     stats["logprob_diff"] = float(masked_mean((logprobs.detach() - mb.rollout_logprobs).abs(), mask))
