@@ -250,3 +250,14 @@ def test_tao_filter_rules_on_real_trajectories(tiny, tmp_path) -> None:
     for t, w in zip(res.trajectories, res.loss_weights, strict=True):
         calls, ok = t.tool_calls
         assert w == (0.0 if calls > 0 and ok == 0 else 1.0)
+
+
+def test_loss_roles_restrict_training_to_action_tokens(tiny, tmp_path) -> None:
+    from arlkit.train.loop import loss_weighted
+
+    s = _setup(tiny, tmp_path, "algo.loss_roles=[action]", "train.seed=3")
+    batch = collate(collect(s).trajectories, s.policy.tokenizer.pad_token_id)
+    weighted = loss_weighted(s, batch, None)
+    assert torch.equal(weighted.loss_mask, batch.loss_mask * (batch.roles == 2).float())
+    assert weighted.loss_mask.sum() > 0 and weighted.loss_mask.sum() < batch.loss_mask.sum()
+    _finite(train_step(s, 1))

@@ -127,6 +127,8 @@ class AlgoConfig(_Section):
     kl_mode: Literal["loss", "reward"] = "loss"  # KL as a loss term, or as a per-token reward penalty
     kl_estimator: str = "k3"  # k1, k2, k3
     entropy_coef: float = Field(0.0, ge=0)  # entropy bonus in the actor loss
+    # generated roles that take loss (CEA's Reas / Tool / Unified models train on subsets, METHODS.md §7)
+    loss_roles: tuple[Literal["reasoning", "action", "answer"], ...] = ("reasoning", "action", "answer")
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, refill from new prompts
     max_sampling_rounds: int = Field(3, gt=0)  # rollout rounds per step when refilling
     overlong_buffer: int = Field(0, ge=0)  # DAPO soft overlong penalty ramp (generated tokens); 0 disables

@@ -232,6 +232,14 @@ def loss_mask_from_roles(roles: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def role_mask(roles: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+    """(B, T) float: 1 where the token's role is one of `names` ("reasoning", "action", "answer", ...)."""
+    mask = torch.zeros(roles.shape, dtype=torch.float32)
+    for name in names:
+        mask = mask + (roles == int(Role[name.upper()])).float()
+    return mask
+
+
 def _token_rewards(traj: Trajectory) -> list[float]:
     rewards = [0.0] * len(traj)
     for rec in traj.turns:

@@ -23,7 +23,7 @@ from arlkit.train.filters import Filtered, post_tool, tao_filter
 from arlkit.train.setup import Setup, progress, setup
 from arlkit.train.shapers import Shaper, TaoEntropyShaper
 from arlkit.train.update import UpdateBatch, batch_logprobs, batch_values, update
-from arlkit.trajectory import Batch, Trajectory, collate
+from arlkit.trajectory import Batch, Trajectory, collate, role_mask
 
 
 def rollout_params(cfg: Config, temperature: float) -> RolloutParams:
@@ -166,11 +166,9 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     )
     t1 = time.perf_counter()
     batch = collate(trajs, s.policy.tokenizer.pad_token_id)
-    if filtered:
-        batch = replace(batch, loss_mask=batch.loss_mask * torch.tensor(filtered.loss_weights)[:, None])
     train_actor = step > cfg.critic.warmup_steps
     data = prepare(s, batch, baselines)
-    data = replace(data, shapers=build_shapers(s, batch, trajs))
+    data = replace(data, batch=loss_weighted(s, batch, filtered), shapers=build_shapers(s, batch, trajs))
     t2 = time.perf_counter()
     stats = update(
         s.policy,
@@ -200,6 +198,17 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     if cfg.train.n_samples:
         s.run.write_samples(step, trajs[: cfg.train.n_samples], s.policy.tokenizer)
     return metrics
+
+
+def loss_weighted(s: Setup, batch: Batch, filtered: Filtered | None) -> Batch:
+    """The batch with its loss mask weighted for the update (after advantages, which keep every generated
+    token on their time axis): TAO-RL's per-trajectory weights and CEA's role restriction (`algo.loss_roles`)."""
+    mask = batch.loss_mask
+    if filtered:
+        mask = mask * torch.tensor(filtered.loss_weights)[:, None]
+    if len(s.cfg.algo.loss_roles) < 3:
+        mask = mask * role_mask(batch.roles, s.cfg.algo.loss_roles)
+    return replace(batch, loss_mask=mask)
 
 
 def build_shapers(s: Setup, batch: Batch, trajs: list[Trajectory]) -> tuple[Shaper, ...]:
