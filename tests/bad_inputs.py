@@ -120,6 +120,20 @@ CASES: list[Case] = [
     Case("config", "a section given a scalar", "arlkit train scalar_section.yaml", "algo"),
     Case("config", "LoRA rank 0", "arlkit train cfg.yaml model.lora.rank=0", "model.lora.rank"),
     Case("config", "config file missing", "arlkit train nope.yaml", "nope.yaml", in_test=True),
+    Case("config", "include of a missing file", "arlkit train include_missing.yaml", "nope_base.yaml"),
+    Case("config", "a file that includes itself", "arlkit train self_include.yaml", "self_include.yaml"),
+    Case(
+        "config",
+        "advantage that needs a critic, none set",
+        "arlkit train cfg.yaml algo.advantage=gae",
+        "critic.kind",
+    ),
+    Case(
+        "config",
+        "LoRA and role routing together",
+        "arlkit train cfg.yaml model.lora.rank=8 model.routing.kind=dart",
+        "model.lora",
+    ),
     Case("config", "config file not YAML", "arlkit train bad.yaml", "bad.yaml"),
     Case("config", "config file not a mapping", "arlkit train scalar.yaml", "scalar.yaml"),
     Case("config", "CUDA asked for, none present", "arlkit train cfg.yaml train.device=cuda", "train.device"),
@@ -288,6 +302,8 @@ def prepare(root: Path, model_dir: Path) -> None:
     (root / "unknown_field.yaml").write_text(yaml.safe_dump({**base, "train": {"stepz": 3}}))
     (root / "scalar_section.yaml").write_text(yaml.safe_dump({**base, "algo": 5}))
     (root / "bad.yaml").write_text("algo:\n  lr: [1, 2\n")
+    (root / "include_missing.yaml").write_text("include: nope_base.yaml\n")
+    (root / "self_include.yaml").write_text("include: self_include.yaml\n")
     (root / "scalar.yaml").write_text("just a string\n")
     (root / "afile").write_text("not a folder\n")
     (root / "empty_dir").mkdir(exist_ok=True)
@@ -338,7 +354,9 @@ def run_case(case: Case, root: Path) -> Outcome:
     }
     proc = subprocess.run(_argv(case), cwd=root, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
-    return Outcome(proc.returncode, message(proc.stdout if case.observation else out), "Traceback" in out)
+    text = message(proc.stdout if case.observation else out)
+    text = text.replace(str(root.resolve()) + os.sep, "")  # absolute scratch paths vary from run to run
+    return Outcome(proc.returncode, text, "Traceback" in out)
 
 
 def table_row(case: Case, outcome: Outcome) -> str:

@@ -82,3 +82,21 @@ def rows_by_kind(task: ToyWikiTask) -> dict[str, list[dict]]:
     for r in task.rows("train", 80, seed=3):
         out.setdefault(r["kind"], []).append(r)
     return out
+
+
+def tiny_run_overrides(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    """Config overrides for a seconds-long RL run of a tiny fixture model on the fixture world."""
+    return [
+        f"model.path={model_dir}",
+        "task.n_people=120",
+        "task.max_turns=3",
+        "task.fmt=hermes",  # the fixture model was trained on hermes demonstrations
+        "task.n_eval=8",
+        "rollout.n=4",
+        "rollout.prompts_per_step=2",
+        "rollout.max_new_tokens=16",
+        "train.steps=2",
+        "train.device=cpu",
+        f"train.run_dir={run_dir}",
+        *extra,
+    ]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run_overrides
 from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -18,20 +19,7 @@ from arlkit.train.sft import SFTParams, sft
 
 
 def _overrides(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        f"model.path={model_dir}",
-        "task.n_people=120",
-        "task.max_turns=3",
-        "task.fmt=hermes",  # the fixture model was trained on hermes demonstrations
-        "task.n_eval=8",
-        "rollout.n=4",
-        "rollout.prompts_per_step=2",
-        "rollout.max_new_tokens=16",
-        "train.steps=2",
-        "train.device=cpu",
-        f"train.run_dir={run_dir}",
-        *extra,
-    ]
+    return tiny_run_overrides(model_dir, run_dir, *extra)
 
 
 def _quiet() -> Console:
@@ -174,3 +162,22 @@ def test_sft_lowers_the_loss(tiny) -> None:
     # a random model starts near ln(V) ≈ ln(612) ≈ 6.4 nats per generated token
     assert losses[0] == pytest.approx(math.log(len(tok)), abs=0.5)
     assert sum(losses[-3:]) / 3 < losses[0] - 1.0
+
+
+def test_bucketed_batches_cover_each_epoch_once_with_little_padding() -> None:
+    import itertools
+    import random
+
+    from arlkit.train.sft import bucketed_batches
+
+    rnd = random.Random(0)
+    lengths = [rnd.randint(20, 220) for _ in range(1000)]
+    gen = torch.Generator().manual_seed(0)
+    batches = list(itertools.islice(bucketed_batches(lengths, 32, 8, gen), 64))
+    first_epoch = [i for b in batches[:32] for i in b]  # 1000 examples: 31 full batches and one of 8
+    assert sorted(first_epoch[:1000]) == list(range(1000))
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches[:32])
+    # a window of 256 sorted examples leaves each batch a narrow length range: under 10% padding
+    assert sum(lengths) / padded > 0.9
+    again = list(itertools.islice(bucketed_batches(lengths, 32, 8, torch.Generator().manual_seed(0)), 64))
+    assert again == batches  # deterministic from the seed

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM
 
-from arlkit.algos.advantages import ADVANTAGES, AdvantageInputs
+from arlkit.algos.advantages import ADVANTAGES, AdvantageInputs, AdvantageParams
 from arlkit.models.tiny import demo_actions, demo_trajectory, scripted_trajectory
 from arlkit.rollout.engine import RolloutParams, rollout
 from arlkit.rollout.generator import HFGenerator
@@ -61,7 +61,8 @@ def write_viewer_run(tiny, run_path: Path) -> Path:
     for t in trajs[4:]:
         t.group_id = 1
     batch = collate(trajs, tok.pad_token_id)
-    adv = ADVANTAGES.get("grpo")(AdvantageInputs(batch.token_rewards, batch.loss_mask, batch.group_index))
+    inputs = AdvantageInputs(batch.token_rewards, batch.loss_mask, batch.group_index)
+    adv = ADVANTAGES.get("grpo")(inputs, AdvantageParams())
 
     run = RunDir(run_path, tensorboard=False)
     run.write_config(

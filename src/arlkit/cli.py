@@ -91,6 +91,7 @@ def eval_cmd(
         str | None, typer.Option(help="checkpoint folder or HF model id (overrides model.path)")
     ] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the metrics as JSON to this file")] = None,
 ) -> None:
     """Evaluate a policy on held-out questions and print the metrics as JSON."""
     from arlkit.train.loop import run_eval, setup
@@ -103,6 +104,8 @@ def eval_cmd(
         metrics = run_eval(s, 0, "eval")
     except ArlkitError as e:
         _fail(e)
+    if out is not None:
+        out.write_text(json.dumps(metrics, indent=2))
     console.print_json(json.dumps(metrics))
 
 

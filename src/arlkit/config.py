@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from arlkit.errors import ArlkitError
 
@@ -28,11 +36,40 @@ class LoraConfig(_Section):
     target_modules: str | list[str] = "all-linear"
 
 
+class RoutingConfig(_Section):
+    """Role-routed policies (METHODS.md §6): DART's two adapters, or the 2-Agent pair of full models.
+
+    The adapter (or model) computing the logits of a token is chosen by that token's role, which depends on
+    the prefix only, so generation routes exactly as training does.
+    """
+
+    kind: Literal["dart", "two_agent"] = "dart"
+    rank: int = Field(
+        8, gt=0
+    )  # DART: rank of each adapter (the joint-LoRA baseline uses model.lora, rank 16)
+    alpha: float = Field(16.0, gt=0)
+    answer_adapter: Literal["reasoning", "action"] = (
+        "reasoning"  # ANSWER tokens count as reasoning by default
+    )
+    # DART: "isolated" gives each adapter the gradient of its own role's tokens only ("decoupled updates");
+    # "shared" backpropagates the whole loss once, so a token's loss also reaches the other adapter through
+    # attention over earlier positions it computed
+    gradients: Literal["isolated", "shared"] = "isolated"
+    action_model_path: str | None = None  # 2-Agent: the action model; None: a second copy of model.path
+
+
 class ModelConfig(_Section):
     path: str = "tiny"  # "tiny": the embedded base (built on first use); else a HF model id or local path
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora: LoraConfig | None = None  # None: full fine-tuning
+    routing: RoutingConfig | None = None  # None: one policy for every token
     gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _one_adaptation(self) -> ModelConfig:
+        if self.lora is not None and self.routing is not None:
+            raise ValueError("model.lora and model.routing exclude each other: DART brings its own adapters")
+        return self
 
 
 class TaskConfig(_Section):
@@ -47,6 +84,10 @@ class TaskConfig(_Section):
     # "train" = all train people. Held-out people are never in either.
     train_split: Literal["train", "rl", "sft"] = "rl"
     n_eval: int = Field(500, ge=0)  # held-out questions per evaluation
+    # Agent-R1 process reward on the last token of the action that earned it: none, a bonus per successful
+    # tool call, or a bonus per search whose results hold a gold supporting document
+    process_reward: Literal["none", "tool_success", "gold_retrieval"] = "none"
+    process_reward_value: float = 0.1
     eval_seed: int = 12345
 
 
@@ -62,18 +103,41 @@ class RolloutConfig(_Section):
 
 
 class AlgoConfig(_Section):
-    advantage: str = "grpo"
-    norm_by_std: bool = True
-    policy_loss: str = "ppo_clip"
+    """The policy-gradient algorithm: advantage estimator, policy loss, KL, DAPO pieces and the optimiser.
+
+    Names (`advantage`, `policy_loss`, `aggregation`, `kl_estimator`) are checked against the registries in
+    `arlkit.algos` when the config loads.
+    """
+
+    advantage: str = "grpo"  # grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline, remax, gae
+    gamma: float = Field(1.0, ge=0, le=1)  # discount; 1.0 as Agent-R1/verl outcome-reward recipes
+    lam: float = Field(1.0, ge=0, le=1)  # GAE λ
+    discount_unit: Literal["token", "turn"] = "token"  # "turn": γ once per turn boundary
+    aligned_advantages: bool = True  # Agent-R1 advantage mask; False runs returns/GAE over observations too
+    norm_by_std: bool = True  # GRPO's division by the group std
+    policy_loss: str = "ppo_clip"  # ppo_clip, gspo, reinforce
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.28, ge=0)  # clip-higher (DAPO)
     dual_clip: float | None = Field(None, gt=1)
-    aggregation: str = "token_mean"
-    kl_coef: float = Field(0.0, ge=0)  # KL-to-reference loss term; 0 disables (and skips the reference pass)
-    kl_estimator: str = "k3"
+    aggregation: str = (
+        "token_mean"  # token_mean, seq_mean_token_sum, seq_mean_token_mean, seq_mean_token_sum_norm
+    )
+    norm_constant: float | None = Field(None, gt=0)  # seq_mean_token_sum_norm divisor; None: the token budget
+    kl_coef: float = Field(0.0, ge=0)  # 0 disables KL (and skips the reference pass)
+    kl_mode: Literal["loss", "reward"] = "loss"  # KL as a loss term, or as a per-token reward penalty
+    kl_estimator: str = "k3"  # k1, k2, k3
+    entropy_coef: float = Field(0.0, ge=0)  # entropy bonus in the actor loss
+    # generated roles that take loss (CEA's Reas / Tool / Unified models train on subsets, METHODS.md §7)
+    loss_roles: tuple[Literal["reasoning", "action", "answer"], ...] = ("reasoning", "action", "answer")
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, refill from new prompts
+    max_sampling_rounds: int = Field(3, gt=0)  # rollout rounds per step when refilling
+    overlong_buffer: int = Field(0, ge=0)  # DAPO soft overlong penalty ramp (generated tokens); 0 disables
+    overlong_factor: float = Field(1.0, ge=0)  # penalty at and beyond the token budget
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0)  # optimiser steps of linear warm-up
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"  # decay after warm-up
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # floor of cosine/linear decay, as a share of lr
     epochs: int = Field(1, gt=0)  # passes over each rollout batch
     mini_batches: int = Field(1, gt=0)  # optimizer steps per epoch
     micro_batch_size: int = Field(32, gt=0)  # rows per forward (gradient accumulation)
@@ -81,35 +145,47 @@ class AlgoConfig(_Section):
 
     @field_validator("advantage", "policy_loss", "aggregation", "kl_estimator")
     @classmethod
-    def _registered(cls, name: str, info: Any) -> str:
-        """Names of registered functions: checked at load time, not steps into a run (the registries live
-        in `arlkit.algos`; every module there is imported so that every registration counts)."""
-        from arlkit.algos.registry import import_all_algos
+    def _registered(cls, value: str, info: ValidationInfo) -> str:
+        from arlkit.algos import registry_for
 
-        import_all_algos()
-        registry = _registry(info.field_name)
-        if name not in registry.names():
-            raise ValueError(f"unknown {registry.kind} {name!r}; valid: {', '.join(registry.names())}")
-        return name
+        registry = registry_for(info.field_name)
+        if value not in registry.names():
+            raise ValueError(f"unknown {registry.kind} {value!r}; valid: {', '.join(registry.names())}")
+        return value
 
 
-def _registry(field_name: str) -> Any:
-    from arlkit.algos.advantages import ADVANTAGES
-    from arlkit.algos.kl import KL_ESTIMATORS
-    from arlkit.algos.losses import AGGREGATIONS, POLICY_LOSSES
+class CriticConfig(_Section):
+    """The value function for `algo.advantage: gae` (PPO)."""
 
-    return {
-        "advantage": ADVANTAGES,
-        "policy_loss": POLICY_LOSSES,
-        "aggregation": AGGREGATIONS,
-        "kl_estimator": KL_ESTIMATORS,
-    }[field_name]
+    kind: Literal["none", "separate", "value_head"] = "none"  # separate model, or a head on the policy
+    path: str | None = None  # separate critic's initial weights; None: the policy's model.path
+    lr: float = Field(1e-4, gt=0)  # separate critic's learning rate (a value head uses algo.lr)
+    vf_coef: float = Field(0.5, ge=0)  # weight of the value loss
+    value_clip: float | None = Field(0.2, gt=0)  # PPO value clipping range; None disables
+    warmup_steps: int = Field(0, ge=0)  # RL steps that train only the critic before the actor moves
+
+
+class TaoConfig(_Section):
+    """TAO-RL (arXiv 2606.03762, METHODS.md §4): tool-aware filtering and entropy-guided shaping."""
+
+    enabled: bool = False
+    group_filter: bool = True  # drop groups with std(rewards) < std_threshold or all overlong
+    std_threshold: float = Field(1e-3, ge=0)
+    min_valid: int = Field(4, ge=1)  # non-overlong rollouts a kept group needs
+    # group_uniform: the paper (drop a group whose tool calls all fail or all succeed);
+    # all_failed_trajectory: the released code (loss × (1 − strength) for a trajectory with no valid call)
+    tool_filter: Literal["none", "group_uniform", "all_failed_trajectory"] = "group_uniform"
+    tool_filter_strength: float = Field(1.0, ge=0, le=1)
+    entropy_shaping: bool = True  # Ã = A·(1 + α·z(H)) per micro-batch
+    alpha: float = Field(0.01, ge=0)
+    tool_aware_only: bool = True  # shape post-tool tokens only (the paper); False: every generated token
 
 
 class TrainConfig(_Section):
     steps: int = Field(100, ge=0)
     seed: int = 0
     eval_every: int = Field(0, ge=0)  # 0: evaluate only before and after training
+    eval_base: bool = True  # evaluate before training (a comparison of many runs needs it only once)
     save_every: int = Field(0, ge=0)  # 0: save only the final checkpoint
     run_dir: str = "runs/default"
     n_samples: int = Field(8, ge=0)  # trajectories written to samples.jsonl per logged step
@@ -122,7 +198,28 @@ class Config(_Section):
     task: TaskConfig = TaskConfig()
     rollout: RolloutConfig = RolloutConfig()
     algo: AlgoConfig = AlgoConfig()
+    critic: CriticConfig = CriticConfig()
+    tao: TaoConfig = TaoConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _critic_when_needed(self) -> Config:
+        from arlkit.algos import ADVANTAGES
+
+        if self.model.routing is not None and self.critic.kind == "value_head":
+            raise ValueError("critic.kind: a value head cannot share a routed policy; use 'separate'")
+        if ADVANTAGES.info(self.algo.advantage).get("needs_values") and self.critic.kind == "none":
+            raise ValueError(
+                f"critic.kind: advantage {self.algo.advantage!r} needs a critic; set critic.kind to "
+                "'separate' or 'value_head'"
+            )
+        return self
+
+    @property
+    def token_budget(self) -> int:
+        """Most tokens one episode can generate: max_turns × max_new_tokens (Dr.GRPO's constant, DAPO's
+        overlong budget)."""
+        return self.task.max_turns * self.rollout.max_new_tokens
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
@@ -140,23 +237,42 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
 
 
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a dict, with its `include:` (a path relative to the file, or a list of them) merged
+    underneath: the including file's values win, section by section."""
+    if not path.is_file():
+        raise ArlkitError(f"config file {str(path)!r} does not exist")
+    if path.resolve() in seen:
+        raise ArlkitError(f"config file {str(path)!r} includes itself (via {' -> '.join(map(str, seen))})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ArlkitError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ArlkitError(f"config file {str(path)!r} must hold a mapping of sections")
+    includes = data.pop("include", None) or []
+    merged: dict[str, Any] = {}
+    for inc in [includes] if isinstance(includes, str) else includes:
+        _deep_merge(merged, _read_yaml(path.parent / inc, (*seen, path.resolve())))
+    return _deep_merge(merged, data)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML config (or the defaults), apply overrides, validate.
 
     Raises:
         ArlkitError: missing file, bad YAML, unknown key or bad value (the message names the field).
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ArlkitError(f"config file {str(p)!r} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ArlkitError(f"config file {str(p)!r} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ArlkitError(f"config file {str(p)!r} must hold a mapping of sections")
+    data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides:
         apply_override(data, item)
     try:
@@ -169,9 +285,11 @@ def _describe(e: ValidationError) -> str:
     lines = []
     for err in e.errors():
         field = ".".join(str(x) for x in err["loc"])
-        if err["type"] == "extra_forbidden":
+        if not field:  # a check across fields; its message names them
+            lines.append(str(err["msg"]).removeprefix("Value error, "))
+        elif err["type"] == "extra_forbidden":
             lines.append(f"unknown config field {field!r}")
         else:
-            msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+            msg = str(err["msg"]).removeprefix("Value error, ")
             lines.append(f"config field {field!r}: {msg} (got {err.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(lines)

@@ -9,9 +9,16 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from arlkit.data.toywiki import World, make_world, question_row
-from arlkit.envs.qa import make_qa_env
+from arlkit.envs.qa import gold_retrieval_reward, make_qa_env, tool_success_reward
 from arlkit.envs.tool_env import ToolEnv
 from arlkit.tools.search import BM25Search
+
+REWARD_ONLY_FIELDS = ("process_reward", "process_reward_value")  # not part of the tiny base's identity
+PROCESS_REWARDS = {
+    "none": lambda value: None,
+    "tool_success": tool_success_reward,
+    "gold_retrieval": gold_retrieval_reward,
+}
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,8 @@ class ToyWikiTask:
     max_turns: int = 4
     fmt: str = "tags"  # fewer tokens per call than hermes JSON: the tiny base learns to copy names sooner
     show_tool_schemas: bool = False
+    process_reward: str = "none"  # "none", "tool_success" or "gold_retrieval" (Agent-R1 process rewards)
+    process_reward_value: float = 0.1
 
     @cached_property
     def world(self) -> World:
@@ -55,6 +64,7 @@ class ToyWikiTask:
             max_turns=self.max_turns,
             system_prompt=None,
             show_tool_schemas=self.show_tool_schemas,
+            process_reward=PROCESS_REWARDS[self.process_reward](self.process_reward_value),
         )
 
     def rows(self, split: str, n: int, seed: int = 0) -> list[dict]:

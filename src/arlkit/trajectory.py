@@ -143,6 +143,23 @@ class Trajectory:
         self.turns[-1] = TurnRecord(last.start, last.end, tuple(calls), float(reward), last.finish_reason)
 
     @property
+    def total_reward(self) -> float:
+        """Episode return: the final reward plus every step (process) reward."""
+        return self.reward + sum(rec.reward for rec in self.turns)
+
+    @property
+    def overlong(self) -> bool:
+        """The episode was cut by a length limit: its context budget, or a turn that hit max_new_tokens."""
+        cut_turn = bool(self.turns) and self.turns[-1].finish_reason == "length"
+        return self.metadata.get("finish_reason") == "context_length" or cut_turn
+
+    @property
+    def tool_calls(self) -> tuple[int, int]:
+        """(calls, successful calls) over the episode; a malformed call counts as a failed one."""
+        calls = [c for rec in self.turns for c in rec.calls]
+        return len(calls), sum(1 for c in calls if getattr(c, "ok", False))
+
+    @property
     def n_generated(self) -> int:
         return sum(1 for r in self.roles if r in GENERATED_ROLES)
 
@@ -217,6 +234,14 @@ def loss_mask_from_roles(roles: torch.Tensor) -> torch.Tensor:
     mask = torch.zeros(roles.shape, dtype=torch.float32)
     for r in GENERATED_ROLES:
         mask = mask + (roles == int(r)).float()
+    return mask
+
+
+def role_mask(roles: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+    """(B, T) float: 1 where the token's role is one of `names` ("reasoning", "action", "answer", ...)."""
+    mask = torch.zeros(roles.shape, dtype=torch.float32)
+    for name in names:
+        mask = mask + (roles == int(Role[name.upper()])).float()
     return mask
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from arlkit.errors import ArlkitError
@@ -19,9 +19,11 @@ __all__ = [
     "QAScorer",
     "agent_r1_reward",
     "exact_match",
+    "gold_retrieval_reward",
     "make_qa_env",
     "normalize_answer",
     "token_f1",
+    "tool_success_reward",
 ]
 
 QA_SYSTEM_PROMPT = (
@@ -106,6 +108,23 @@ class QAScorer:
     def score(self, answer: str | None, row: dict) -> dict[str, float]:
         golds = self.golds(row)
         return {"em": exact_match(answer, golds), "f1": token_f1(answer, golds)}
+
+
+def gold_retrieval_reward(bonus: float) -> Callable[[dict, Any, str], float]:
+    """Process reward (Agent-R1 arXiv 2511.14460): `bonus` for a successful call whose observation contains
+    a gold supporting document, recognised by its ``Title:`` line. Gold titles come from the row's
+    ``support_titles`` (or ``hops`` in toywiki)."""
+
+    def reward(row: dict, record: Any, text: str) -> float:
+        titles = row.get("support_titles") or row.get("hops") or []
+        return bonus if record.ok and any(f"{t}:" in text for t in titles) else 0.0
+
+    return reward
+
+
+def tool_success_reward(bonus: float) -> Callable[[dict, Any, str], float]:
+    """Process reward: `bonus` for every tool call that ran successfully."""
+    return lambda row, record, text: bonus if record.ok else 0.0
 
 
 def make_qa_env(tools: Sequence[Tool], fmt: Any = "hermes", max_turns: int = 4, **kw: Any) -> ToolEnv:

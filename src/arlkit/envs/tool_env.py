@@ -21,6 +21,7 @@ __all__ = [
     "PARSE_ERROR_NAME",
     "REFUSAL",
     "EpisodeResult",
+    "ProcessReward",
     "RewardFn",
     "Scorer",
     "StepResult",
@@ -68,6 +69,9 @@ class Scorer(Protocol):
 
 
 RewardFn = Callable[[dict[str, float]], float]
+# Agent-R1 process reward r_process(s, a, s'): called per tool call with (row, call record, observation
+# text); the step's reward is the sum over its calls plus the tools' own ToolResult.reward.
+ProcessReward = Callable[[dict, "ToolCallRecord", str], float]
 
 
 def default_reward(metrics: dict[str, float]) -> float:
@@ -122,7 +126,9 @@ class ToolEnv:
         refuse_tools: bool = False,
         reward_fn: RewardFn | None = None,
         show_tool_schemas: bool = True,
+        process_reward: ProcessReward | None = None,
     ) -> None:
+        self.process_reward = process_reward
         self.show_tool_schemas = show_tool_schemas
         self.tools: dict[str, Tool] = {}
         for t in tools:
@@ -207,6 +213,8 @@ class ToolEnv:
         records = tuple(o.record for o in outcomes)
         self._records += records
         reward = float(sum(o.reward for o in outcomes if o.reward is not None))
+        if self.process_reward is not None:
+            reward += sum(float(self.process_reward(self._row, o.record, o.content)) for o in outcomes)
         if self._turns >= self.max_turns:
             return self._finish("max_turns", records, reward)
         observations = tuple({"role": "tool", "content": o.content} for o in outcomes)

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from arlkit.errors import ArlkitError
+from arlkit.models.routing import TwoAgentModel, adapters_disabled, apply_dart, load_routed, routes_from_roles
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -26,6 +27,9 @@ class Policy:
     tokenizer: PreTrainedTokenizerBase
     ref_model: torch.nn.Module | None = None  # frozen copy (full fine-tuning with KL only)
     lora: bool = False
+    critic: torch.nn.Module | None = None  # a separate critic (models/value.py SeparateCritic)
+    value_head: torch.nn.Module | None = None  # a value head on the policy's hidden states
+    routing: dict | None = None  # a role-routed policy's settings (kind, answer_adapter, gradients, ...)
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[torch.nn.Module]:
@@ -33,13 +37,27 @@ class Policy:
         if self.lora:
             with self.model.disable_adapter():
                 yield self.model
+        elif self.routing is not None and self.routing["kind"] == "dart":
+            with adapters_disabled(self.model):
+                yield self.model
         elif self.ref_model is not None:
             yield self.ref_model
         else:
             raise RuntimeError("no reference model: load the policy with need_reference=True")
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
+        """The actor optimiser's parameters: the policy's trainable weights and its value head, if any."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.value_head is not None:
+            params += list(self.value_head.parameters())
+        return params
+
+
+def policy_routes(policy: Policy, roles: torch.Tensor) -> torch.Tensor | None:
+    """(B, T) routes of a routed policy for a batch with these token roles; None for a plain policy."""
+    if policy.routing is None:
+        return None
+    return routes_from_roles(roles, policy.routing.get("answer_adapter", "reasoning"))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,8 +111,10 @@ def load_policy(
     lora: dict | None = None,
     need_reference: bool = False,
     gradient_checkpointing: bool = False,
+    routing: dict | None = None,
 ) -> Policy:
-    """Load a causal LM and its tokenizer from a HF id or local folder, optionally wrapping it in LoRA.
+    """Load a causal LM and its tokenizer from a HF id or local folder, optionally wrapping it in LoRA or
+    making it role-routed (`routing`: RoutingConfig fields). A folder saved from a routed policy reloads as one.
 
     `lora` holds peft LoraConfig fields (r, lora_alpha, lora_dropout, target_modules).
 
@@ -103,10 +123,13 @@ def load_policy(
     """
     check_local_path(path, needs="config.json")
     tokenizer = load_tokenizer(path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
-    except Exception as e:
-        raise ArlkitError(f"could not load a causal LM from model.path {str(path)!r}: {e}") from None
+    saved = load_routed(path, DTYPES[dtype]) if Path(str(path)).is_dir() else None
+    if saved is not None or routing is not None:
+        model, info = saved or (_routed_model(path, dtype, routing), routing)
+        model.to(device)
+        ref = _frozen_copy(model) if need_reference and info["kind"] == "two_agent" else None
+        return Policy(model=model, tokenizer=tokenizer, ref_model=ref, routing=info)
+    model = _from_pretrained(path, dtype)
     model.to(device)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -115,8 +138,32 @@ def load_policy(
 
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
         return Policy(model=model, tokenizer=tokenizer, lora=True)
-    ref = None
-    if need_reference:
-        ref = copy.deepcopy(model).eval()
-        ref.requires_grad_(False)
+    ref = _frozen_copy(model) if need_reference else None
     return Policy(model=model, tokenizer=tokenizer, ref_model=ref)
+
+
+def _from_pretrained(path: str | Path, dtype: str, field: str = "model.path") -> torch.nn.Module:
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
+    except Exception as e:  # transformers raises many types; the user needs the path and the cause
+        raise ArlkitError(f"could not load a causal LM from {field} {str(path)!r}: {e}") from None
+
+
+def _routed_model(path: str | Path, dtype: str, routing: dict) -> torch.nn.Module:
+    """A new routed policy from a plain checkpoint: DART adapters on it, or it and an action model."""
+    model = _from_pretrained(path, dtype)
+    if routing["kind"] == "dart":
+        return apply_dart(model, routing["rank"], routing["alpha"])
+    actor = _from_pretrained(
+        routing.get("action_model_path") or path, dtype, "model.routing.action_model_path"
+    )
+    try:
+        return TwoAgentModel(model, actor)
+    except ValueError as e:
+        raise ArlkitError(f"model.routing.action_model_path: {e}") from None
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    return ref

@@ -26,11 +26,11 @@ from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
 from arlkit.models.tokenizer import train_tokenizer
 from arlkit.rollout.engine import Episode, RolloutParams
-from arlkit.tasks import ToyWikiTask
+from arlkit.tasks import REWARD_ONLY_FIELDS, ToyWikiTask
 from arlkit.train.sft import SFTParams, sft
 from arlkit.trajectory import Trajectory
 
-RECIPE_VERSION = 1  # bump when the recipe's code changes what it builds, so caches are rebuilt
+RECIPE_VERSION = 2  # bump when the recipe's code changes what it builds, so caches are rebuilt
 STRATEGIES = ("none", "first_hop", "all_hops")
 
 
@@ -52,7 +52,10 @@ class TinyRecipe:
     seed: int = 0
 
     def key(self) -> str:
-        blob = json.dumps({"v": RECIPE_VERSION, **dataclasses.asdict(self)}, sort_keys=True, default=str)
+        fields = dataclasses.asdict(self)
+        # reward settings change RL, not the base: they must not force a rebuild
+        fields["task"] = {k: v for k, v in fields["task"].items() if k not in REWARD_ONLY_FIELDS}
+        blob = json.dumps({"v": RECIPE_VERSION, **fields}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -1,123 +1,29 @@
-"""The RL loop: rollout → reward → advantage → update → log → evaluate → checkpoint, each a named call."""
+"""The RL loop: rollout → reward → filter → advantage → update → log → evaluate → checkpoint, each a named
+call on plain data."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
-from arlkit.algos.advantages import ADVANTAGES, AdvantageInputs
+from arlkit.algos.advantages import ADVANTAGES, AdvantageInputs, AdvantageParams
+from arlkit.algos.kl import KL_ESTIMATORS
+from arlkit.algos.shaping import overlong_penalty, varied_groups
 from arlkit.config import Config
 from arlkit.eval.evaluate import episode_metrics, evaluate
 from arlkit.eval.plots import plot_curves
-from arlkit.models.loading import Policy, load_policy, resolve_device
+from arlkit.models.routing import save_routed
 from arlkit.rollout.engine import RolloutParams, rollout
-from arlkit.rollout.generator import HFGenerator
-from arlkit.tasks import ToyWikiTask
-from arlkit.train.run_dir import RunDir
-from arlkit.train.update import policy_update
-from arlkit.trajectory import collate
-
-
-@dataclass
-class Setup:
-    """Everything the loop needs, built once from the config."""
-
-    cfg: Config
-    policy: Policy
-    task: ToyWikiTask
-    generator: HFGenerator
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    run: RunDir
-    train_rows: list[dict]
-    eval_rows: list[dict]
-    rng: torch.Generator
-
-
-def build_task(cfg: Config) -> ToyWikiTask:
-    t = cfg.task
-    return ToyWikiTask(
-        seed=t.seed,
-        n_people=t.n_people,
-        heldout_frac=t.heldout_frac,
-        top_k=t.top_k,
-        max_turns=t.max_turns,
-        fmt=t.fmt,
-    )
-
-
-def resolve_model_path(cfg: Config, task: ToyWikiTask, console: Console) -> Path | str:
-    """`tiny` means the embedded base for this task's world, built (minutes) and cached on first use."""
-    if cfg.model.path != "tiny":
-        return cfg.model.path
-    from arlkit.models.tiny import TinyRecipe, cache_root, ensure_base
-
-    recipe = TinyRecipe(task=task)
-    cached = cache_root() / f"tiny-{recipe.key()}"
-    if (cached / "arlkit_recipe.json").exists():
-        return cached
-    with _progress(console) as prog:
-        bar = prog.add_task("building the tiny base (SFT)", total=recipe.sft.steps, info="")
-        return ensure_base(
-            recipe, on_step=lambda s, loss: prog.update(bar, completed=s + 1, info=f"loss {loss:.3f}")
-        )
-
-
-def setup(cfg: Config, console: Console) -> Setup:
-    torch.manual_seed(cfg.train.seed)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    task = build_task(cfg)
-    path = resolve_model_path(cfg, task, console)
-    lora = None
-    if cfg.model.lora is not None:
-        lc = cfg.model.lora
-        lora = {
-            "r": lc.rank,
-            "lora_alpha": lc.alpha,
-            "lora_dropout": lc.dropout,
-            "target_modules": lc.target_modules,
-        }
-    policy = load_policy(
-        path, cfg.model.dtype, device, lora, cfg.algo.kl_coef > 0, cfg.model.gradient_checkpointing
-    )
-    opt = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.algo.lr, weight_decay=cfg.algo.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _constant_after_warmup(cfg.algo.warmup_steps))
-    run = RunDir(cfg.train.run_dir)
-    run.write_config(cfg.model_dump())
-    n_train = max(cfg.train.steps, 1) * cfg.rollout.prompts_per_step
-    return Setup(
-        cfg=cfg,
-        policy=policy,
-        task=task,
-        generator=HFGenerator(
-            policy.model, policy.tokenizer.pad_token_id, cfg.rollout.max_batch, cfg.train.seed
-        ),
-        optimizer=opt,
-        scheduler=sched,
-        run=run,
-        train_rows=task.rows(cfg.task.train_split, n_train, seed=cfg.train.seed + 1000),
-        eval_rows=task.rows("heldout", cfg.task.n_eval, seed=cfg.task.eval_seed),
-        rng=torch.Generator().manual_seed(cfg.train.seed),
-    )
-
-
-def _constant_after_warmup(warmup: int):
-    return (lambda step: min(1.0, (step + 1) / warmup)) if warmup > 0 else (lambda step: 1.0)
+from arlkit.train.filters import Filtered, post_tool, tao_filter
+from arlkit.train.setup import Setup, progress, setup
+from arlkit.train.shapers import Shaper, TaoEntropyShaper
+from arlkit.train.update import UpdateBatch, batch_logprobs, batch_values, update
+from arlkit.trajectory import Batch, Trajectory, collate, role_mask
 
 
 def rollout_params(cfg: Config, temperature: float) -> RolloutParams:
@@ -140,52 +46,220 @@ def run_eval(s: Setup, step: int, name: str) -> dict[str, float]:
     return res.metrics
 
 
+@dataclass(frozen=True)
+class Collected:
+    trajectories: list[Trajectory]
+    rounds: int  # rollout rounds this step (1 without dynamic sampling)
+    groups_dropped: int  # groups whose rewards were all equal (dynamic sampling)
+
+
+def _rollout_prompts(s: Setup, n_prompts: int, temperature: float) -> list[Trajectory]:
+    """n rollouts for each of the next `n_prompts` training prompts; the group id is the prompt's index."""
+    start = s.cursor
+    s.cursor += n_prompts
+    prompts = [(start + i, s.train_rows[(start + i) % len(s.train_rows)]) for i in range(n_prompts)]
+    n = s.cfg.rollout.n
+    rows = [r for _, r in prompts for _ in range(n)]
+    groups = [g for g, _ in prompts for _ in range(n)]
+    params = rollout_params(s.cfg, temperature)
+    return rollout(s.generator, s.policy.tokenizer, s.task.make_env, rows, groups, params)
+
+
+def collect(s: Setup) -> Collected:
+    """A step's rollouts. With DAPO dynamic sampling, groups whose rewards are all equal are dropped and
+    refilled from new prompts, up to `max_sampling_rounds` rounds; surplus groups are cut to keep the batch
+    size, and a short batch after the last round is trained as it is (`rollout/sampling_rounds` says so)."""
+    cfg = s.cfg
+    want, kept, rounds, dropped = cfg.rollout.prompts_per_step, [], 0, 0
+    while rounds == 0 or (cfg.algo.dynamic_sampling and rounds < cfg.algo.max_sampling_rounds):
+        n_groups = len({t.group_id for t in kept})
+        if n_groups >= want:
+            break
+        trajs = _rollout_prompts(s, want - n_groups, cfg.rollout.temperature)
+        rounds += 1
+        if cfg.algo.dynamic_sampling:
+            index = torch.tensor([t.group_id for t in trajs])
+            keep = varied_groups(torch.tensor([t.total_reward for t in trajs]), index - index.min())
+            dropped += len({t.group_id for t, k in zip(trajs, keep.tolist(), strict=True) if not k})
+            trajs = [t for t, k in zip(trajs, keep.tolist(), strict=True) if k]
+        kept += trajs
+    first = list(dict.fromkeys(t.group_id for t in kept))[:want]
+    return Collected([t for t in kept if t.group_id in set(first)], rounds, dropped)
+
+
+def greedy_baselines(s: Setup, trajs: list[Trajectory]) -> torch.Tensor:
+    """(B,) reward of one greedy rollout of each row's prompt (ReMax's baseline)."""
+    firsts = {t.group_id: t for t in reversed(trajs)}
+    rows = [{**s.train_rows[g % len(s.train_rows)]} for g in firsts]
+    params = rollout_params(s.cfg, temperature=0.0)
+    greedy = rollout(s.generator, s.policy.tokenizer, s.task.make_env, rows, list(firsts), params)
+    by_group = {t.group_id: t.total_reward for t in greedy}
+    return torch.tensor([by_group[t.group_id] for t in trajs], dtype=torch.float32)
+
+
+def shaped_rewards(
+    s: Setup, batch: Batch, old_lp: torch.Tensor | None, ref_lp: torch.Tensor | None
+) -> torch.Tensor:
+    """(B, T) token rewards after DAPO's overlong penalty (on the last generated token) and a KL penalty in
+    the reward (every generated token), when configured."""
+    a, rewards = s.cfg.algo, batch.token_rewards.clone()
+    if a.overlong_buffer > 0:
+        n_gen = batch.loss_mask.sum(-1)
+        last = (batch.loss_mask * torch.arange(batch.loss_mask.shape[1])).argmax(-1)  # (B,)
+        pen = overlong_penalty(n_gen, s.cfg.token_budget, a.overlong_buffer, a.overlong_factor)
+        rewards[torch.arange(len(last)), last] += pen
+    if a.kl_mode == "reward" and ref_lp is not None:
+        old = batch.rollout_logprobs if old_lp is None else old_lp
+        rewards = rewards - a.kl_coef * KL_ESTIMATORS.get(a.kl_estimator)(old, ref_lp) * batch.loss_mask
+    return rewards
+
+
+def prepare(s: Setup, batch: Batch, baselines: torch.Tensor | None) -> UpdateBatch:
+    """The no-gradient forwards (π_old, reference, critic values), shaped rewards and advantages."""
+    cfg, policy, micro, temp = s.cfg, s.policy, s.cfg.algo.micro_batch_size, s.cfg.rollout.temperature
+    a = cfg.algo
+    off_policy = a.epochs > 1 or a.mini_batches > 1
+    need_old = off_policy or a.kl_mode == "reward"
+    old_lp = batch_logprobs(policy.model, batch, temp, micro, policy.routing) if need_old else None
+    ref_lp = None
+    if a.kl_coef > 0:
+        with policy.reference() as ref:
+            ref_lp = batch_logprobs(ref, batch, temp, micro, policy.routing)
+    values = batch_values(policy, batch, micro) if cfg.critic.kind != "none" else None
+    params = AdvantageParams(a.gamma, a.lam, a.discount_unit, a.aligned_advantages, norm_by_std=a.norm_by_std)
+    inputs = AdvantageInputs(
+        token_rewards=shaped_rewards(s, batch, old_lp, ref_lp),
+        loss_mask=batch.loss_mask,
+        group_index=batch.group_index,
+        turn=batch.turn,
+        attention_mask=batch.attention_mask,
+        values=values,
+        baseline_scores=baselines,
+    )
+    adv = ADVANTAGES.get(a.advantage)(inputs, params)
+    return UpdateBatch(
+        batch=batch,
+        advantages=adv.advantages,
+        returns=adv.returns,
+        old_logprobs=old_lp if off_policy else None,
+        ref_logprobs=ref_lp if a.kl_mode == "loss" else None,
+        old_values=values,
+    )
+
+
 def train_step(s: Setup, step: int) -> dict[str, float]:
     """One RL step on `prompts_per_step` prompts × `n` rollouts; returns namespaced metrics."""
     cfg = s.cfg
-    P, n = cfg.rollout.prompts_per_step, cfg.rollout.n
-    start = (step - 1) * P
-    prompts = [s.train_rows[(start + i) % len(s.train_rows)] for i in range(P)]
-    rows = [r for r in prompts for _ in range(n)]
-    groups = [start + i for i in range(P) for _ in range(n)]
     t0 = time.perf_counter()
-    trajs = rollout(
-        s.generator,
-        s.policy.tokenizer,
-        s.task.make_env,
-        rows,
-        groups,
-        rollout_params(cfg, cfg.rollout.temperature),
+    got = collect(s)
+    filtered = tao_filter(got.trajectories, cfg.tao) if cfg.tao.enabled else None
+    trajs = filtered.trajectories if filtered else got.trajectories
+    behaviour = {f"rollout/{k}": v for k, v in episode_metrics(got.trajectories).items()} | _tao_stats(
+        filtered
+    )
+    if not trajs:  # every group was filtered out: nothing to learn from this step
+        return behaviour | {"actor/skipped_step": 1.0, "timing_s/rollout": time.perf_counter() - t0}
+    baselines = (
+        greedy_baselines(s, trajs)
+        if ADVANTAGES.info(cfg.algo.advantage).get("needs_greedy_baseline")
+        else None
     )
     t1 = time.perf_counter()
     batch = collate(trajs, s.policy.tokenizer.pad_token_id)
-    adv = ADVANTAGES.get(cfg.algo.advantage)(
-        AdvantageInputs(batch.token_rewards, batch.loss_mask, batch.group_index),
-        norm_by_std=cfg.algo.norm_by_std,
-    ).advantages
-    stats = policy_update(
-        s.policy, s.optimizer, s.scheduler, batch, adv, cfg.algo, cfg.rollout.temperature, s.rng
-    )
+    train_actor = step > cfg.critic.warmup_steps
+    data = prepare(s, batch, baselines)
+    data = replace(data, batch=loss_weighted(s, batch, filtered), shapers=build_shapers(s, batch, trajs))
     t2 = time.perf_counter()
-    n_gen = float(batch.loss_mask.sum())
-    metrics = {f"rollout/{k}": v for k, v in episode_metrics(trajs).items()}
-    metrics.update({f"actor/{k}": v for k, v in stats.items()})
-    metrics["actor/lr"] = s.scheduler.get_last_lr()[0]
-    metrics["rollout/logprob_diff"] = metrics.pop("actor/logprob_diff", float("nan"))
-    metrics["rollout/advantage_abs_mean"] = float((adv.abs() * batch.loss_mask).sum() / max(n_gen, 1.0))
+    stats = update(
+        s.policy,
+        s.opts,
+        data,
+        cfg.algo,
+        cfg.critic,
+        cfg.rollout.temperature,
+        s.rng,
+        cfg.algo.norm_constant or cfg.token_budget,
+        train_actor,
+    )
+    t3 = time.perf_counter()
+    metrics = behaviour | step_metrics(trajs, data, stats.actor, stats.critic)
     metrics.update(
-        {"timing_s/rollout": t1 - t0, "timing_s/update": t2 - t1, "perf/gen_tokens_per_s": n_gen / (t1 - t0)}
+        {
+            "rollout/sampling_rounds": got.rounds,
+            "rollout/groups_dropped": got.groups_dropped,
+            "actor/lr": s.opts.actor_schedule.get_last_lr()[0],
+            "timing_s/rollout": t1 - t0,
+            "timing_s/prepare": t2 - t1,
+            "timing_s/update": t3 - t2,
+            "perf/gen_tokens_per_s": float(batch.loss_mask.sum()) / max(t1 - t0, 1e-9),
+            "perf/update_tokens_per_s": float(batch.attention_mask.sum()) / max(t3 - t1, 1e-9),
+        }
     )
     if cfg.train.n_samples:
         s.run.write_samples(step, trajs[: cfg.train.n_samples], s.policy.tokenizer)
     return metrics
 
 
+def loss_weighted(s: Setup, batch: Batch, filtered: Filtered | None) -> Batch:
+    """The batch with its loss mask weighted for the update (after advantages, which keep every generated
+    token on their time axis): TAO-RL's per-trajectory weights and CEA's role restriction (`algo.loss_roles`)."""
+    mask = batch.loss_mask
+    if filtered:
+        mask = mask * torch.tensor(filtered.loss_weights)[:, None]
+    if len(s.cfg.algo.loss_roles) < 3:
+        mask = mask * role_mask(batch.roles, s.cfg.algo.loss_roles)
+    return replace(batch, loss_mask=mask)
+
+
+def build_shapers(s: Setup, batch: Batch, trajs: list[Trajectory]) -> tuple[Shaper, ...]:
+    """The per-micro-batch advantage shapers the config asks for, in the order they apply."""
+    shapers: list[Shaper] = []
+    tao = s.cfg.tao
+    if tao.enabled and tao.entropy_shaping:
+        shapers.append(TaoEntropyShaper(post_tool(batch, trajs), tao.alpha, tao.tool_aware_only))
+    return tuple(shapers)
+
+
+def _tao_stats(filtered: Filtered | None) -> dict[str, float]:
+    return {f"tao/{k}": v for k, v in filtered.stats.items()} if filtered else {}
+
+
+def step_metrics(
+    trajs: list[Trajectory], data: UpdateBatch, actor: dict[str, float], critic: dict[str, float]
+) -> dict[str, float]:
+    """Namespaced metrics of the trained batch: advantage statistics, actor and critic stats."""
+    mask = data.batch.loss_mask > 0
+    adv = data.advantages[mask]
+    scores = torch.tensor([t.total_reward for t in trajs])
+    metrics: dict[str, float] = {}
+    metrics.update({k if "/" in k else f"actor/{k}": v for k, v in actor.items()})  # shapers name their own
+    metrics.update({f"critic/{k}": v for k, v in critic.items()})
+    metrics["rollout/logprob_diff"] = metrics.pop("actor/logprob_diff", float("nan"))
+    metrics.update(
+        {
+            "rollout/score_std": float(scores.std()) if len(scores) > 1 else 0.0,
+            "rollout/advantage_mean": float(adv.mean()) if adv.numel() else 0.0,
+            "rollout/advantage_std": float(adv.std()) if adv.numel() > 1 else 0.0,
+            "rollout/advantage_abs_mean": float(adv.abs().mean()) if adv.numel() else 0.0,
+            "rollout/advantage_max": float(adv.max()) if adv.numel() else 0.0,
+            "rollout/advantage_min": float(adv.min()) if adv.numel() else 0.0,
+        }
+    )
+    return metrics
+
+
 def save_checkpoint(s: Setup, name: str) -> Path:
-    """Weights (or LoRA adapters) and tokenizer via save_pretrained, so any HF tool can load them."""
+    """Weights (or LoRA adapters), tokenizer and critic via save_pretrained, so any HF tool can load them."""
     path = s.run.path / "checkpoints" / name
-    s.policy.model.save_pretrained(path)
+    if s.policy.routing is not None:
+        save_routed(s.policy.model, path, s.policy.routing)
+    else:
+        s.policy.model.save_pretrained(path)
     s.policy.tokenizer.save_pretrained(path)
+    if s.policy.value_head is not None:
+        s.policy.value_head.save(path)
+    if s.policy.critic is not None:
+        s.policy.critic.save(path / "critic")
     return path
 
 
@@ -195,8 +269,8 @@ def train(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     s = setup(cfg, console)
     console.print(f"[bold]run folder[/] {s.run.path}  ·  held-out questions: {len(s.eval_rows)}")
-    base = run_eval(s, 0, "base") if cfg.task.n_eval else {}
-    with _progress(console) as prog:
+    base = run_eval(s, 0, "base") if cfg.task.n_eval and cfg.train.eval_base else {}
+    with progress(console) as prog:
         bar = prog.add_task("RL", total=cfg.train.steps, info="")
         for step in range(1, cfg.train.steps + 1):
             metrics = train_step(s, step)
@@ -221,17 +295,3 @@ def train(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     }
     s.run.write_json("summary.json", summary)
     return summary
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )

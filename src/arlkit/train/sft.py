@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +20,25 @@ class SFTParams:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
+    bucket: int = 16  # batches drawn from a window of bucket × batch_size examples sorted by length
+
+
+def bucketed_batches(
+    lengths: Sequence[int], batch_size: int, bucket: int, gen: torch.Generator
+) -> Iterator[list[int]]:
+    """Endless batches of example indices, epoch after epoch without replacement, in an order fixed by `gen`.
+
+    Each window of `bucket × batch_size` shuffled examples is sorted by length and cut into batches, whose
+    order is then shuffled: rows of a batch have similar lengths, so little of a padded batch is padding
+    (on the toywiki demonstrations about half of a randomly drawn batch was padding).
+    """
+    while True:
+        perm = torch.randperm(len(lengths), generator=gen).tolist()
+        for w in range(0, len(perm), batch_size * bucket):
+            window = sorted(perm[w : w + batch_size * bucket], key=lambda i: lengths[i])
+            batches = [window[i : i + batch_size] for i in range(0, len(window), batch_size)]
+            for j in torch.randperm(len(batches), generator=gen).tolist():
+                yield batches[j]
 
 
 def sft(
@@ -31,19 +50,17 @@ def sft(
 ) -> list[float]:
     """Train `model` in place on `examples` (loss on generated tokens only); returns the loss per step.
 
-    Batches are drawn without replacement, epoch by epoch, in an order fixed by `params.seed`.
+    Batches are drawn without replacement, epoch by epoch, length-bucketed, in an order fixed by `params.seed`.
+    The loss is the mean over the batch's generated tokens.
     """
     gen = torch.Generator().manual_seed(params.seed)
+    batches = bucketed_batches([len(e) for e in examples], params.batch_size, params.bucket, gen)
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(params.warmup, params.steps))
     model.train()
-    order: list[int] = []
     losses = []
     for step in range(params.steps):
-        if len(order) < params.batch_size:
-            order += torch.randperm(len(examples), generator=gen).tolist()
-        idx, order = order[: params.batch_size], order[params.batch_size :]
-        batch = collate([examples[i] for i in idx], pad_id)
+        batch = collate([examples[i] for i in next(batches)], pad_id)
         lp = token_logprobs(model, batch.input_ids, batch.attention_mask).logprobs
         loss = -(lp * batch.loss_mask).sum() / batch.loss_mask.sum().clamp(min=1.0)
         opt.zero_grad(set_to_none=True)

@@ -1,114 +1,283 @@
-"""One policy update on a rollout batch: epochs × mini-batches of PPO-style steps, micro-batched forwards."""
+"""One actor/critic update on a rollout batch: epochs × mini-batches, micro-batched forwards with gradient
+accumulation, gradient clipping, and a skipped step (counted) when gradients are not finite."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from arlkit.algos.kl import KL_ESTIMATORS
-from arlkit.algos.losses import AGGREGATIONS, POLICY_LOSSES, masked_mean
-from arlkit.config import AlgoConfig
-from arlkit.models.forward import token_logprobs
-from arlkit.models.loading import Policy
+from arlkit.algos.losses import AGGREGATIONS, POLICY_LOSSES, explained_variance, masked_mean, value_loss
+from arlkit.config import AlgoConfig, CriticConfig
+from arlkit.models.forward import TokenStats, token_logprobs
+from arlkit.models.loading import Policy, policy_routes
+from arlkit.models.routing import adapter_parameters, routes_from_roles, token_adapters
+from arlkit.train.shapers import MicroBatch, Shaper
 from arlkit.trajectory import Batch
 
 
+@dataclass(frozen=True)
+class UpdateBatch:
+    """A collated batch and everything computed for it before the update. All (B, T) unless noted."""
+
+    batch: Batch
+    advantages: torch.Tensor  # 0 outside loss_mask
+    returns: torch.Tensor | None = None  # value targets (critic)
+    old_logprobs: torch.Tensor | None = None  # π_old; None: on-policy, the current policy is π_old
+    ref_logprobs: torch.Tensor | None = None  # for a KL loss term
+    old_values: torch.Tensor | None = None  # critic values at rollout time (value clipping)
+    shapers: tuple[Shaper, ...] = ()  # per-micro-batch advantage transforms (TAO-RL, APPO), in order
+
+
+@dataclass(frozen=True)
+class Optimisers:
+    actor: torch.optim.Optimizer
+    actor_schedule: torch.optim.lr_scheduler.LRScheduler
+    critic: torch.optim.Optimizer | None = None  # a separate critic's
+    critic_schedule: torch.optim.lr_scheduler.LRScheduler | None = None
+
+
+@dataclass(frozen=True)
+class UpdateStats:
+    actor: dict[str, float]  # bare names; the loop adds "actor/"
+    critic: dict[str, float]  # bare names; the loop adds "critic/"
+
+
+def _chunks(batch: Batch, micro: int) -> list[torch.Tensor]:
+    return list(torch.arange(batch.input_ids.shape[0]).split(micro))
+
+
 @torch.no_grad()
-def _logprobs(model: torch.nn.Module, batch: Batch, temperature: float, micro: int) -> torch.Tensor:
-    """(B, T) token logprobs, computed micro-batch by micro-batch."""
+def batch_logprobs(
+    model: torch.nn.Module, batch: Batch, temperature: float, micro: int, routing: dict | None = None
+) -> torch.Tensor:
+    """(B, T) token logprobs under `model`, computed micro-batch by micro-batch (no gradient). `routing`: the
+    settings of a role-routed model (its routes come from the batch's roles)."""
     out = torch.zeros_like(batch.rollout_logprobs)
-    for s in range(0, batch.input_ids.shape[0], micro):
-        mb = batch.select(torch.arange(s, min(s + micro, batch.input_ids.shape[0])))
-        lp = token_logprobs(model, mb.input_ids, mb.attention_mask, temperature).logprobs
-        out[s : s + lp.shape[0], : lp.shape[1]] = lp.float().cpu()
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    for rows in _chunks(batch, micro):
+        mb = batch.select(rows).to(device)
+        routes = routes_from_roles(mb.roles, routing.get("answer_adapter", "reasoning")) if routing else None
+        lp = token_logprobs(model, mb.input_ids, mb.attention_mask, temperature, routes=routes).logprobs
+        out[rows, : lp.shape[1]] = lp.float().cpu()
+    model.train(was_training)
     return out
 
 
-def policy_update(
+@torch.no_grad()
+def batch_values(policy: Policy, batch: Batch, micro: int) -> torch.Tensor:
+    """(B, T) critic values V(c_<t) (separate critic or value head), micro-batch by micro-batch."""
+    out = torch.zeros_like(batch.rollout_logprobs)
+    device = next(policy.model.parameters()).device
+    for rows in _chunks(batch, micro):
+        mb = batch.select(rows).to(device)
+        if policy.critic is not None:
+            v = policy.critic(mb.input_ids, mb.attention_mask)
+        else:
+            hidden = token_logprobs(policy.model, mb.input_ids, mb.attention_mask, with_hidden=True).hidden
+            v = policy.value_head(hidden)
+        out[rows, : v.shape[1]] = v.float().cpu()
+    return out
+
+
+def update(
     policy: Policy,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    batch: Batch,
-    advantages: torch.Tensor,
+    opts: Optimisers,
+    data: UpdateBatch,
     algo: AlgoConfig,
+    critic_cfg: CriticConfig,
     temperature: float,
     generator: torch.Generator,
-) -> dict[str, float]:
-    """Update `policy` in place; returns mean statistics (bare names; the loop adds the prefix).
+    norm_constant: float | None = None,
+    train_actor: bool = True,
+) -> UpdateStats:
+    """Update the policy (and critic) in place; returns mean statistics over micro-batches.
 
-    batch: on CPU; advantages: (B, T), zero outside loss_mask. With one epoch and one mini-batch the update is
-    on-policy and π_old is the current policy (ratio 1), so no extra forward is spent on it.
+    Batch tensors are on CPU and moved per micro-batch. `train_actor=False` trains only the critic (PPO
+    critic warm-up). Each optimiser step follows one mini-batch; micro-batch losses are weighted by their
+    share of the mini-batch so accumulated gradients equal the mini-batch gradient.
     """
-    model, device = policy.model, next(policy.model.parameters()).device
-    B = batch.input_ids.shape[0]
-    on_policy = algo.epochs == 1 and algo.mini_batches == 1
-    old_lp = None if on_policy else _logprobs(model, batch, temperature, algo.micro_batch_size)
-    ref_lp = None
-    if algo.kl_coef > 0:
-        with policy.reference() as ref:
-            ref_lp = _logprobs(ref, batch, temperature, algo.micro_batch_size)
+    B = data.batch.input_ids.shape[0]
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
-    model.train()
+    policy.model.train()
     for _ in range(algo.epochs):
         perm = torch.randperm(B, generator=generator)
         for mini in perm.chunk(algo.mini_batches):
-            optimizer.zero_grad(set_to_none=True)
-            n_tokens = batch.loss_mask[mini].sum().clamp(min=1.0).to(device)
-            for micro in mini.split(algo.micro_batch_size):
+            opts.actor.zero_grad(set_to_none=True)
+            if opts.critic is not None:
+                opts.critic.zero_grad(set_to_none=True)
+            n_tokens = data.batch.loss_mask[mini].sum().clamp(min=1.0)
+            for rows in mini.split(algo.micro_batch_size):
+                weight = _share(data.batch, rows, n_tokens, len(mini), algo.aggregation)
                 stats = _micro_step(
-                    policy,
-                    batch,
-                    micro,
-                    advantages,
-                    old_lp,
-                    ref_lp,
-                    algo,
-                    temperature,
-                    device,
-                    n_tokens,
-                    len(mini),
+                    policy, data, rows, weight, algo, critic_cfg, temperature, norm_constant, train_actor
                 )
                 for k, v in stats.items():
                     sums[k] += v
                     counts[k] += 1
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), algo.grad_clip)
-            if torch.isfinite(grad_norm):
-                optimizer.step()
-            else:
-                sums["skipped_updates"] += 1.0
-            if scheduler is not None:
-                scheduler.step()
-            sums["grad_norm"] += float(grad_norm)
-            counts["grad_norm"] += 1
-    return {k: sums[k] / max(counts.get(k, 1), 1) for k in sums}
+            _optimizer_steps(policy, opts, algo, critic_cfg, train_actor, sums, counts)
+    means = {k: sums[k] / max(counts.get(k, 1), 1) for k in sums}
+    actor = {k: v for k, v in means.items() if not k.startswith("critic:")}
+    critic = {k.removeprefix("critic:"): v for k, v in means.items() if k.startswith("critic:")}
+    return UpdateStats(actor=actor, critic=critic)
+
+
+def _share(batch: Batch, rows: torch.Tensor, n_tokens: torch.Tensor, n_rows: int, aggregation: str) -> float:
+    """The micro-batch's weight in its mini-batch: token share for token_mean, row share otherwise."""
+    if aggregation == "token_mean":
+        return float(batch.loss_mask[rows].sum() / n_tokens)
+    return rows.numel() / n_rows
+
+
+def _optimizer_steps(
+    policy: Policy,
+    opts: Optimisers,
+    algo: AlgoConfig,
+    critic_cfg: CriticConfig,
+    train_actor: bool,
+    sums: dict[str, float],
+    counts: dict[str, int],
+) -> None:
+    """Clip and step each optimiser; a non-finite gradient norm skips that step (and is counted)."""
+    pairs = [("", opts.actor, opts.actor_schedule, policy.trainable_parameters(), algo.grad_clip)]
+    if opts.critic is not None:
+        params = [p for p in policy.critic.parameters() if p.requires_grad]
+        pairs.append(("critic:", opts.critic, opts.critic_schedule, params, algo.grad_clip))
+    for prefix, opt, sched, params, clip in pairs:
+        if not prefix and not train_actor and policy.value_head is None:
+            continue
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        if torch.isfinite(grad_norm):
+            opt.step()
+        else:
+            sums[f"{prefix}skipped_updates"] += 1.0
+        if sched is not None:
+            sched.step()
+        sums[f"{prefix}grad_norm"] += float(grad_norm)
+        counts[f"{prefix}grad_norm"] += 1
 
 
 def _micro_step(
     policy: Policy,
-    batch: Batch,
+    data: UpdateBatch,
     rows: torch.Tensor,
-    advantages: torch.Tensor,
-    old_lp: torch.Tensor | None,
-    ref_lp: torch.Tensor | None,
+    weight: float,
     algo: AlgoConfig,
+    critic_cfg: CriticConfig,
     temperature: float,
-    device: torch.device,
-    n_tokens: torch.Tensor,
-    n_rows: int,
+    norm_constant: float | None,
+    train_actor: bool,
 ) -> dict[str, float]:
-    """Forward + backward of one micro-batch; its loss is weighted by its share of the mini-batch's tokens so
-    that accumulated gradients equal those of the whole mini-batch (token_mean aggregation)."""
-    mb = batch.select(rows).to(device)
+    """Forward + backward of one micro-batch: actor loss (+ KL, entropy bonus, value-head loss) and, for a
+    separate critic, its value loss."""
+    device = next(policy.model.parameters()).device
+    mb = data.batch.select(rows).to(device)
     width = mb.input_ids.shape[1]
-    adv = advantages[rows][:, :width].to(device)
-    out = token_logprobs(policy.model, mb.input_ids, mb.attention_mask, temperature, with_entropy=True)
-    lp, mask = out.logprobs, mb.loss_mask
-    old = lp.detach() if old_lp is None else old_lp[rows][:, :width].to(device)
-    loss_fn = POLICY_LOSSES.get(algo.policy_loss)
-    res = loss_fn(
-        lp,
+
+    def cut(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x[rows][:, :width].to(device)
+
+    stats: dict[str, float] = {}
+    loss = torch.zeros((), device=device)
+    with_head = policy.value_head is not None
+    if train_actor or with_head:
+        out = token_logprobs(
+            policy.model,
+            mb.input_ids,
+            mb.attention_mask,
+            temperature,
+            with_entropy=True,
+            with_hidden=with_head,
+            routes=policy_routes(policy, mb.roles),
+        )
+        if train_actor:
+            loss, stats = _actor_loss(out.logprobs, out.entropies, rows, mb, data, cut, algo, norm_constant)
+            if _isolated(policy):  # DART: each adapter takes the gradient of its own role's tokens only
+                _isolated_backward(policy, out, rows, mb, data, cut, algo, norm_constant, weight)
+                return stats
+        if with_head:
+            # during critic warm-up the shared backbone must not move: only the head learns
+            hidden = out.hidden if train_actor else out.hidden.detach()
+            v_loss, v_stats = _value_loss(policy.value_head(hidden), mb, data, cut, critic_cfg)
+            loss = loss + critic_cfg.vf_coef * v_loss
+            stats.update({f"critic:{k}": v for k, v in v_stats.items()})
+        (loss * weight).backward()
+    if policy.critic is not None:
+        values = policy.critic(mb.input_ids, mb.attention_mask)
+        v_loss, v_stats = _value_loss(values, mb, data, cut, critic_cfg)
+        (critic_cfg.vf_coef * v_loss * weight).backward()
+        stats.update({f"critic:{k}": v for k, v in v_stats.items()})
+    return stats
+
+
+Cut = Callable[[torch.Tensor | None], torch.Tensor | None]
+
+
+def _isolated(policy: Policy) -> bool:
+    r = policy.routing
+    return r is not None and r["kind"] == "dart" and r.get("gradients", "isolated") == "isolated"
+
+
+def _isolated_backward(
+    policy: Policy,
+    out: TokenStats,
+    rows: torch.Tensor,
+    mb: Batch,
+    data: UpdateBatch,
+    cut: Cut,
+    algo: AlgoConfig,
+    norm_constant: float | None,
+    weight: float,
+) -> None:
+    """DART's decoupled updates: the loss splits exactly by token into one part per adapter (the tokens whose
+    logits that adapter computed); each adapter's gradient is that of its own part. One backward of the whole
+    loss would also carry an action token's loss into the reasoning adapter through attention over earlier
+    positions the reasoning adapter computed, and the reverse."""
+    owner = token_adapters(mb.roles, policy.routing.get("answer_adapter", "reasoning"))  # (b, t)
+    groups = adapter_parameters(policy.model)
+    for u, params in enumerate(groups):
+        part, _ = _actor_loss(
+            out.logprobs, out.entropies, rows, mb, data, cut, algo, norm_constant, select=(owner == u).float()
+        )
+        grads = torch.autograd.grad(
+            part * weight, params, retain_graph=u + 1 < len(groups), allow_unused=True
+        )
+        for p, g in zip(params, grads, strict=True):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
+
+
+def _actor_loss(
+    logprobs: torch.Tensor,
+    entropies: torch.Tensor,
+    rows: torch.Tensor,
+    mb: Batch,
+    data: UpdateBatch,
+    cut: Cut,
+    algo: AlgoConfig,
+    norm_constant: float | None,
+    select: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The actor loss of a micro-batch. `select` (b, t) keeps the loss of some tokens only, with the
+    aggregation's normaliser unchanged, so the losses of a partition of the tokens add up to the whole."""
+    mask = mb.loss_mask
+    old = logprobs.detach() if data.old_logprobs is None else cut(data.old_logprobs)
+    adv = cut(data.advantages)
+    shaper_stats: dict[str, float] = {}
+    for shaper in data.shapers:
+        shaped = shaper(MicroBatch(rows, adv, mask, logprobs.detach(), old, entropies.detach()))
+        adv, mask = shaped.advantages, shaped.loss_mask
+        shaper_stats.update(shaped.stats)
+    keep = torch.ones_like(mask) if select is None else select
+    adv = adv * keep
+    res = POLICY_LOSSES.get(algo.policy_loss)(
+        logprobs,
         old,
         adv,
         mask,
@@ -116,19 +285,37 @@ def _micro_step(
         clip_high=algo.clip_high,
         dual_clip=algo.dual_clip,
         aggregation=algo.aggregation,
+        norm_constant=norm_constant,
     )
+    agg = AGGREGATIONS.get(algo.aggregation)
     loss = res.loss
+    stats = {k: float(v) for k, v in res.stats.items()} | shaper_stats
+    if data.ref_logprobs is not None:
+        kl_tokens = KL_ESTIMATORS.get(algo.kl_estimator)(logprobs, cut(data.ref_logprobs)) * keep
+        kl = agg(kl_tokens, mask, norm_constant=norm_constant)
+        loss = loss + algo.kl_coef * kl
+        stats["kl"] = float(kl.detach())
+    entropy = masked_mean(entropies, mask)
+    if algo.entropy_coef > 0:
+        loss = loss - algo.entropy_coef * masked_mean(entropies * keep, mask)
+    stats["pg_loss"] = float(res.loss.detach())
+    stats["entropy"] = float(entropy.detach())
+    stats["logprob_diff"] = float(masked_mean((logprobs.detach() - mb.rollout_logprobs).abs(), mask))
+    return loss, stats
+
+
+def _value_loss(
+    values: torch.Tensor, mb: Batch, data: UpdateBatch, cut: Cut, critic_cfg: CriticConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    mask = mb.loss_mask
+    old = cut(data.old_values)
+    ret = cut(data.returns)
+    res = value_loss(
+        values, values.detach() if old is None else old, ret, mask, clip_range=critic_cfg.value_clip
+    )
     stats = {k: float(v) for k, v in res.stats.items()}
-    if ref_lp is not None:
-        kl = KL_ESTIMATORS.get(algo.kl_estimator)(lp, ref_lp[rows][:, :width].to(device))
-        kl_loss = AGGREGATIONS.get(algo.aggregation)(kl, mask)
-        loss = loss + algo.kl_coef * kl_loss
-        stats["kl"] = float(kl_loss.detach())
-    # token_mean averages over the mini-batch's tokens, the sequence aggregations over its rows
-    weight = mask.sum() / n_tokens if algo.aggregation == "token_mean" else rows.numel() / n_rows
-    (loss * weight).backward()
     with torch.no_grad():
-        stats["pg_loss"] = float(res.loss)
-        stats["entropy"] = float(masked_mean(out.entropies, mask))
-        stats["logprob_diff"] = float(masked_mean((lp.detach() - mb.rollout_logprobs).abs(), mask))
-    return stats
+        stats["value_loss"] = float(res.loss)
+        stats["values_mean"] = float(masked_mean(values, mask))
+        stats["explained_variance"] = float(explained_variance(values, ret, mask))
+    return res.loss, stats

@@ -1,0 +1,177 @@
+"""Everything a run needs, built once from the config: task, policy (and critic), optimisers, run folder."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from arlkit.config import Config
+from arlkit.models.loading import DTYPES, Policy, load_policy, resolve_device
+from arlkit.models.value import ValueHead, load_critic
+from arlkit.rollout.generator import HFGenerator
+from arlkit.tasks import ToyWikiTask
+from arlkit.train.run_dir import RunDir
+from arlkit.train.update import Optimisers
+
+
+@dataclass
+class Setup:
+    """Everything the loop needs. `cursor` is the index of the next training prompt (the data position)."""
+
+    cfg: Config
+    policy: Policy
+    task: ToyWikiTask
+    generator: HFGenerator
+    opts: Optimisers
+    run: RunDir
+    train_rows: list[dict]
+    eval_rows: list[dict]
+    rng: torch.Generator
+    cursor: int = 0
+
+
+def build_task(cfg: Config) -> ToyWikiTask:
+    t = cfg.task
+    return ToyWikiTask(
+        seed=t.seed,
+        n_people=t.n_people,
+        heldout_frac=t.heldout_frac,
+        top_k=t.top_k,
+        max_turns=t.max_turns,
+        fmt=t.fmt,
+        process_reward=t.process_reward,
+        process_reward_value=t.process_reward_value,
+    )
+
+
+def resolve_model_path(cfg: Config, task: ToyWikiTask, console: Console) -> Path | str:
+    """`tiny` means the embedded base for this task's world, built (minutes) and cached on first use."""
+    if cfg.model.path != "tiny":
+        return cfg.model.path
+    from arlkit.models.tiny import TinyRecipe, cache_root, ensure_base
+
+    recipe = TinyRecipe(task=task)
+    cached = cache_root() / f"tiny-{recipe.key()}"
+    if (cached / "arlkit_recipe.json").exists():
+        return cached
+    with progress(console) as prog:
+        bar = prog.add_task("building the tiny base (SFT)", total=recipe.sft.steps, info="")
+        return ensure_base(
+            recipe, on_step=lambda s, loss: prog.update(bar, completed=s + 1, info=f"loss {loss:.3f}")
+        )
+
+
+def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float) -> Callable[[int], float]:
+    """Multiplier of the base lr at optimiser step `step`: linear warm-up, then constant/cosine/linear decay
+    to `min_ratio` at `total`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+        return min_ratio + (1.0 - min_ratio) * shape
+
+    return factor
+
+
+def _lora_kwargs(cfg: Config) -> dict | None:
+    lc = cfg.model.lora
+    if lc is None:
+        return None
+    return {
+        "r": lc.rank,
+        "lora_alpha": lc.alpha,
+        "lora_dropout": lc.dropout,
+        "target_modules": lc.target_modules,
+    }
+
+
+def build_policy(cfg: Config, path: Path | str, device: torch.device) -> Policy:
+    """The policy, its KL reference when needed, and the critic the config asks for."""
+    policy = load_policy(
+        path,
+        cfg.model.dtype,
+        device,
+        _lora_kwargs(cfg),
+        cfg.algo.kl_coef > 0,
+        cfg.model.gradient_checkpointing,
+        cfg.model.routing.model_dump() if cfg.model.routing else None,
+    )
+    if cfg.critic.kind == "value_head":
+        policy.value_head = ValueHead(policy.model.config.hidden_size).to(device)
+    elif cfg.critic.kind == "separate":
+        policy.critic = load_critic(cfg.critic.path or path, device, DTYPES[cfg.model.dtype])
+    return policy
+
+
+def build_optimisers(cfg: Config, policy: Policy) -> Optimisers:
+    a = cfg.algo
+    total = cfg.train.steps * a.epochs * a.mini_batches  # optimiser steps of the whole run
+    actor = torch.optim.AdamW(policy.trainable_parameters(), lr=a.lr, weight_decay=a.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        actor, lr_lambda(a.warmup_steps, total, a.lr_schedule, a.min_lr_ratio)
+    )
+    if policy.critic is None:
+        return Optimisers(actor, sched)
+    critic = torch.optim.AdamW(policy.critic.parameters(), lr=cfg.critic.lr, weight_decay=a.weight_decay)
+    critic_sched = torch.optim.lr_scheduler.LambdaLR(
+        critic, lr_lambda(a.warmup_steps, total, a.lr_schedule, a.min_lr_ratio)
+    )
+    return Optimisers(actor, sched, critic, critic_sched)
+
+
+def setup(cfg: Config, console: Console) -> Setup:
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    task = build_task(cfg)
+    policy = build_policy(cfg, resolve_model_path(cfg, task, console), device)
+    run = RunDir(cfg.train.run_dir)
+    run.write_config(cfg.model_dump())
+    # enough distinct prompts for every step even when dynamic sampling draws extra rounds
+    rounds = cfg.algo.max_sampling_rounds if cfg.algo.dynamic_sampling else 1
+    n_train = max(cfg.train.steps, 1) * cfg.rollout.prompts_per_step * rounds
+    return Setup(
+        cfg=cfg,
+        policy=policy,
+        task=task,
+        generator=HFGenerator(
+            policy.model, policy.tokenizer.pad_token_id, cfg.rollout.max_batch, cfg.train.seed
+        ),
+        opts=build_optimisers(cfg, policy),
+        run=run,
+        train_rows=task.rows(cfg.task.train_split, n_train, seed=cfg.train.seed + 1000),
+        eval_rows=task.rows("heldout", cfg.task.n_eval, seed=cfg.task.eval_seed),
+        rng=torch.Generator().manual_seed(cfg.train.seed),
+    )
+
+
+def progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
