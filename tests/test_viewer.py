@@ -197,12 +197,12 @@ def test_branch_tree_and_shared_prefix(run_dir) -> None:
     for card in page.cards:
         row = samples.sources[card["source"]][int(card["id"].rsplit("-i", 1)[1])]
         shared = sum("shared" in t["classes"] for t in card["tokens"])
-        assert shared == (row["branch_pos"] if row["parent"] is not None else 0)
+        assert shared == (row["branch_pos"] + 1 if row["parent"] is not None else 0)
     # #5 searched the first hop like its parent and branched after that observation; #6 guessed at once
     rows = samples.sources["samples"]
     first_obs = rows[4]["roles"].index(int(Role.OBSERVATION))
     prompt_len = rows[4]["roles"].count(int(Role.PROMPT))
-    assert rows[5]["branch_pos"] > first_obs and prompt_len <= rows[6]["branch_pos"] < first_obs
+    assert rows[5]["branch_pos"] >= first_obs and prompt_len - 1 <= rows[6]["branch_pos"] < first_obs
 
 
 # ---------------------------------------------------------------------------------------------

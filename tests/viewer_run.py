@@ -32,7 +32,7 @@ def branch(parent: Trajectory, parent_index: int, child: Trajectory) -> Trajecto
         min(len(parent), len(child)),
     )
     out = copy.deepcopy(child)
-    out.parent, out.branch_pos = parent_index, t
+    out.parent, out.branch_pos = parent_index, t - 1  # the last shared token
     return out
 
 

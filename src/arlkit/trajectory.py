@@ -96,8 +96,8 @@ class Trajectory:
     turns: list[TurnRecord] = field(default_factory=list)
     reward: float = 0.0  # final (outcome) reward
     group_id: int = 0  # prompt id: the n rollouts of one prompt share it
-    parent: int | None = None  # for branched rollouts (APPO/ARPO)
-    branch_pos: int | None = None
+    parent: int | None = None  # for branched rollouts (APPO/ARPO): the parent's index in its batch
+    branch_pos: int | None = None  # position of the last token shared with the parent (c_≤branch_pos)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:

@@ -61,11 +61,11 @@ def _token(row: dict, i: int, shared: bool) -> str:
 def _tokens(row: dict) -> str:
     """Every token as a span; a branched rollout's prefix (shared with its parent) is dimmed.
 
-    `branch_pos` is read as the length of that shared prefix, i.e. the index of the first regenerated
-    token (a branch that keeps APPO's c_≤t has branch_pos t + 1); `parent` is the parent's `index`.
+    `branch_pos` is the position of the last shared token (the branch keeps c_≤branch_pos, APPO's prefix),
+    so the first regenerated token is branch_pos + 1; `parent` is the parent's `index`.
     """
     n = min(len(row["token_ids"]), len(row["token_text"]))
-    branch = row.get("branch_pos") if row.get("parent") is not None else None
+    branch = row["branch_pos"] + 1 if row.get("parent") is not None and row.get("branch_pos") is not None else None
     out = []
     for i in range(n):
         if i == branch:
