@@ -65,7 +65,9 @@ def _tokens(row: dict) -> str:
     so the first regenerated token is branch_pos + 1; `parent` is the parent's `index`.
     """
     n = min(len(row["token_ids"]), len(row["token_text"]))
-    branch = row["branch_pos"] + 1 if row.get("parent") is not None and row.get("branch_pos") is not None else None
+    branch = (
+        row["branch_pos"] + 1 if row.get("parent") is not None and row.get("branch_pos") is not None else None
+    )
     out = []
     for i in range(n):
         if i == branch:
