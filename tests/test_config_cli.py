@@ -170,7 +170,7 @@ def test_include_merges_section_by_section_and_the_includer_wins(tmp_path) -> No
     with pytest.raises(ArlkitError, match="includes itself"):
         load_config(tmp_path / "loop.yaml")
     (tmp_path / "dangling.yaml").write_text("include: nowhere.yaml\n")
-    with pytest.raises(ArlkitError, match="nowhere.yaml"):
+    with pytest.raises(ArlkitError, match=r"nowhere\.yaml"):
         load_config(tmp_path / "dangling.yaml")
 
 

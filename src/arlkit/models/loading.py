@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from arlkit.errors import ArlkitError
+from arlkit.models.chat_template import ensure_tool_template
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -57,12 +58,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with its own chat template when that template can run tool episodes
+    (Qwen2.5-style Hermes tool calls), else arlkit's ChatML template with tools (models/chat_template.py)."""
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # transformers raises many types; the user needs the path and the cause
         raise ArlkitError(f"could not load a tokenizer from model.path {str(path)!r}: {e}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # many causal LMs ship without a pad token
+    ensure_tool_template(tok)
     return tok
 
 
