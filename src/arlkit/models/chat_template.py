@@ -128,7 +128,7 @@ _PROBE_TOOL = {
     "type": "function",
     "function": {
         "name": "probe_tool",
-        "description": "d",
+        "description": "probe tool description",
         "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
     },
 }
@@ -156,7 +156,7 @@ def supports_tool_episodes(tokenizer: Any) -> bool:
             )
 
         full = render(len(_PROBE), False)
-        if "probe_tool" not in full or "probe observation" not in full:
+        if "probe tool description" not in full or "probe observation" not in full:  # schemas, tool turns
             return False
         return all(render(k + 1, False).startswith(render(k, True)) for k in (1, 3))
     except Exception:  # a template that raises on tools or roles cannot run tool episodes
