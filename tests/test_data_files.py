@@ -17,7 +17,7 @@ from arlkit.data.nl2sql_files import load_nl2sql, load_tables, schema_text
 from arlkit.data.qa_files import load_corpus, load_qa_file
 from arlkit.errors import ArlkitError
 from arlkit.tasks import NL2SQLFilesTask, QAFilesTask
-from arlkit.train.loop import train
+from arlkit.train.loop import setup, train_step
 
 # Facts of a tiny world: person -> (company, city of birth)
 PEOPLE = {
@@ -363,7 +363,9 @@ RUNS = {
 
 
 @pytest.mark.parametrize("fmt", list(RUNS))
-def test_short_training_run_on_each_format(tiny, qa_dir, spider_dir, bird_dir, tmp_path, fmt) -> None:
+def test_short_rollout_and_training_step_on_each_format(
+    tiny, qa_dir, spider_dir, bird_dir, tmp_path, fmt
+) -> None:
     overrides = [
         *RUNS[fmt](qa_dir, spider_dir, bird_dir),
         f"model.path={tiny.sft_dir}",
@@ -377,14 +379,12 @@ def test_short_training_run_on_each_format(tiny, qa_dir, spider_dir, bird_dir, t
         f"train.run_dir={tmp_path / 'run'}",
         f"task.index_dir={tmp_path / 'index'}" if fmt.endswith("corpus") else "train.n_samples=8",
     ]
-    summary = train(load_config(None, overrides), Console(quiet=True))
-    assert summary["steps"] == 1 and summary["n_eval"] == 2
-    for phase in ("base", "final"):
-        assert summary[phase]["n"] == 2.0 and 0.0 <= summary[phase]["em"] <= 1.0
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    (step,) = [r for r in records if "actor/pg_loss" in r]
-    assert math.isfinite(step["actor/pg_loss"]) and math.isfinite(step["actor/grad_norm"])
+    s = setup(load_config(None, overrides), Console(quiet=True))
+    assert len(s.eval_rows) == 2 and s.train_rows  # the format's rows, through the task
+    metrics = train_step(s, 1)  # 2 prompts × 2 rollouts, then one policy update
+    assert math.isfinite(metrics["actor/pg_loss"]) and math.isfinite(metrics["actor/grad_norm"])
+    assert 0.0 <= metrics["rollout/em"] <= 1.0 and metrics["rollout/turns"] >= 1.0
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 4  # 2 prompts × 2 rollouts, each a full episode on this format's questions
+    assert len(samples) == 4
     known = ["Where was", *(q for q, _ in QUESTIONS)]  # every fixture question starts one of these
     assert all(s["text"].startswith("<|im_start|>") and any(k in s["text"] for k in known) for s in samples)

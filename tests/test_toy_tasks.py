@@ -4,7 +4,6 @@ demonstration strategies, the tiny recipe per task, and a short training run on 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sqlite3
 import typing
@@ -13,11 +12,13 @@ import pytest
 from rich.console import Console
 
 from arlkit.config import TASK_NAMES, load_config
+from arlkit.data.mathword import TEMPLATES as MATH_TEMPLATES
+from arlkit.data.toysql import TEMPLATES
 from arlkit.envs.math import answers_match, parse_number
 from arlkit.errors import ArlkitError
 from arlkit.models.tiny import TinyRecipe, build_tokenizer, demo_trajectory
 from arlkit.tasks import RUN_FIELDS, TASKS, MathPythonTask, ToySQLTask, ToyTask, ToyWikiTask, build_task
-from arlkit.train.loop import train
+from arlkit.train.loop import setup, train_step
 from arlkit.train.setup import resolve_model_path
 from arlkit.trajectory import Role
 
@@ -193,26 +194,23 @@ def test_math_strategies_with_the_python_tool() -> None:
 
 
 @pytest.mark.parametrize("name", ["toysql", "math_python"])
-def test_short_training_run_on_toy_tasks(tiny, tmp_path, name) -> None:
+def test_short_rollout_and_training_step_on_toy_tasks(tiny, tmp_path, name) -> None:
     extra = ["task.n_customers=60"] if name == "toysql" else ["task.time_limit_s=3"]
-    cfg = load_config(
-        None,
-        [
-            f"task.name={name}",
-            *extra,
-            f"model.path={tiny.sft_dir}",
-            "task.max_turns=2",
-            "task.n_eval=2",
-            "rollout.n=2",
-            "rollout.prompts_per_step=2",
-            "rollout.max_new_tokens=12",
-            "train.steps=1",
-            "train.device=cpu",
-            f"train.run_dir={tmp_path / 'run'}",
-        ],
-    )
-    summary = train(cfg, Console(quiet=True))
-    assert summary["final"]["n"] == 2.0 and 0.0 <= summary["final"]["em"] <= 1.0
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    (step,) = [r for r in records if "actor/pg_loss" in r]
-    assert math.isfinite(step["actor/pg_loss"]) and step["rollout/reward"] <= 1.0
+    overrides = [
+        f"task.name={name}",
+        *extra,
+        f"model.path={tiny.sft_dir}",
+        "task.max_turns=2",
+        "task.n_eval=2",
+        "rollout.n=2",
+        "rollout.prompts_per_step=2",
+        "rollout.max_new_tokens=12",
+        "train.steps=1",
+        "train.device=cpu",
+        f"train.run_dir={tmp_path / 'run'}",
+    ]
+    s = setup(load_config(None, overrides), Console(quiet=True))
+    assert {r["kind"] for r in s.train_rows} <= set(TEMPLATES) | set(MATH_TEMPLATES)
+    metrics = train_step(s, 1)
+    assert math.isfinite(metrics["actor/pg_loss"]) and metrics["rollout/reward"] <= 1.0
+    assert 0.0 <= metrics["rollout/em"] <= 1.0
