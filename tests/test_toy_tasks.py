@@ -77,7 +77,7 @@ def test_tiny_recipe_keys() -> None:
     assert TinyRecipe.for_task(ToyWikiTask()).key() == "29e89bc1a4be"
     assert TinyRecipe.for_task(ToyWikiTask(process_reward="tool_success")).key() == "29e89bc1a4be"
     sql = TinyRecipe.for_task(ToySQLTask())
-    assert sql.hidden_size == 128 and sql.sft.steps == 400  # the task's own overrides
+    assert sql.hidden_size == 128 and sql.sft.steps == 300  # the task's own overrides
     assert len({sql.key(), TinyRecipe.for_task(MathPythonTask()).key(), TinyRecipe().key()}) == 3
     assert all(isinstance(t, ToyTask) for t in (ToyWikiTask(), ToySQLTask(), MathPythonTask()))
     with pytest.raises(ArlkitError, match="one weight per strategy"):

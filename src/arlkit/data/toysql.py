@@ -1,9 +1,10 @@
 """ToySQL: a seeded SQLite shop database and template questions with gold SQL, for NL2SQL on a laptop.
 
-Customers, products and orders. Every question is about one customer, named in the question. Customer ids
-are a random permutation, so the only ways to the right rows are to join on the name or to look the id up
-with the `sql` tool; writing an id from memory works only for customers seen in training. Part of the
-customers is held out and never appears in a train question.
+Customers, products and orders. Every question is about one customer, named in quotes as a SQL literal would
+be: with Qwen2's pre-tokenisation `'Ana Berg'` then has the same tokens in the question and in the query, so a
+tiny model can copy it. Customer ids are a random sample, so the only ways to the right rows are to join on
+the name or to look the id up with the `sql` tool; writing an id from memory works only for customers seen
+in training. Part of the customers is held out and never appears in a train question.
 """
 
 from __future__ import annotations
@@ -43,29 +44,29 @@ _JOIN = "FROM orders JOIN customers ON customer_id = customers.id WHERE customer
 # kind -> (question, gold SQL through the id, gold SQL through the name); {c} name, {k} id
 TEMPLATES: dict[str, tuple[str, str, str]] = {
     "orders": (
-        "How many orders did {c} place?",
+        "How many orders did customer '{c}' place?",
         "SELECT COUNT(*) FROM orders WHERE customer_id = {k}",
         "SELECT COUNT(*) " + _JOIN,
     ),
     "items": (
-        "How many items did {c} buy in total?",
+        "How many items did customer '{c}' buy in total?",
         "SELECT SUM(quantity) FROM orders WHERE customer_id = {k}",
         "SELECT SUM(quantity) " + _JOIN,
     ),
     "products": (
-        "Which products did {c} buy?",
+        "Which products did customer '{c}' buy?",
         "SELECT DISTINCT products.name FROM orders JOIN products ON product_id = products.id "
         "WHERE customer_id = {k}",
         "SELECT DISTINCT products.name FROM orders JOIN products ON product_id = products.id "
         "JOIN customers ON customer_id = customers.id WHERE customers.name = '{c}'",
     ),
     "years": (
-        "In which years did {c} order, earliest first?",
+        "In which years did customer '{c}' order, earliest first?",
         "SELECT DISTINCT year FROM orders WHERE customer_id = {k} ORDER BY year",
         "SELECT DISTINCT year " + _JOIN + " ORDER BY year",
     ),
     "city": (
-        "In which city does {c} live?",
+        "In which city does customer '{c}' live?",
         "SELECT city FROM customers WHERE id = {k}",
         "SELECT city FROM customers WHERE name = '{c}'",
     ),
@@ -155,7 +156,8 @@ def make_shop(seed: int = 0, n_customers: int = 600, heldout_frac: float = 0.2) 
         raise ArlkitError(f"heldout_frac must be in the open interval (0, 1), got {heldout_frac!r}")
     rng = random.Random(seed)
     names = rng.sample([f"{f} {last}" for f in FIRST_NAMES for last in LAST_NAMES], n_customers)
-    ids = rng.sample(range(1, 10 * n_customers), n_customers)  # sparse and shuffled: no pattern to guess
+    # three digits where they suffice (short to copy from an observation), shuffled: no pattern to guess
+    ids = rng.sample(range(100, max(1000, 2 * n_customers)), n_customers)
     n_held = min(n_customers - 2, max(1, round(n_customers * heldout_frac)))
     held = set(rng.sample(range(n_customers), n_held))
     customers = tuple(

@@ -29,13 +29,13 @@ class ToySQLTask:
     # name. Memory fails on customers the base never saw, so the greedy base is imperfect and RL has room.
     demo_strategies: ClassVar[tuple[str, ...]] = ("guess", "lookup", "join")
     extra_tokens: ClassVar[tuple[str, ...]] = ("<sql>", "</sql>")
-    # Templated SQL needs less capacity than toywiki's prose: a 128-wide model and 400 SFT steps build in
+    # Templated SQL needs less capacity than toywiki's prose: a 128-wide model and 300 SFT steps build in
     # minutes on a laptop CPU.
     tiny_recipe: ClassVar[dict] = {
         "hidden_size": 128,
         "intermediate_size": 352,
-        "n_demos": 4000,
-        "sft": {"steps": 400, "batch_size": 32, "lr": 3e-3},
+        "n_demos": 3000,
+        "sft": {"steps": 300, "batch_size": 32, "lr": 3e-3},
     }
 
     seed: int = 0
@@ -56,8 +56,9 @@ class ToySQLTask:
     @cached_property
     def db_path(self) -> Path:
         """The shop as a SQLite file, built once per shop and cached (read-only from then on)."""
-        key = hashlib.sha256(f"{self.seed}|{self.n_customers}|{self.heldout_frac}|{SCHEMA}".encode())
-        return build_once(cache_root() / "toysql" / f"shop-{key.hexdigest()[:12]}.sqlite", self.shop.write)
+        # keyed by the content itself, so a change to the generator can never reuse a stale file
+        key = hashlib.sha256(f"{SCHEMA}|{self.shop!r}".encode()).hexdigest()[:12]
+        return build_once(cache_root() / "toysql" / f"shop-{key}.sqlite", self.shop.write)
 
     def make_env(self) -> ToolEnv:
         tool = SQLTool(self.db_path, self.time_limit_s, self.max_rows)
