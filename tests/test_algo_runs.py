@@ -161,13 +161,15 @@ def test_dynamic_sampling_keeps_only_groups_with_varied_rewards(tiny, tmp_path) 
 
 
 def test_overlong_penalty_counts_generated_tokens_only(tiny, tmp_path) -> None:
-    s = _setup(tiny, tmp_path, "algo.overlong_buffer=8", "rollout.max_new_tokens=4", "train.seed=1")
+    # a buffer of 10 of the 12-token budget frees only 2 tokens, so any row past its first turn's 2 tokens pays:
+    # the case does not hang on how long the random model's episodes happen to be on this machine
+    s = _setup(tiny, tmp_path, "algo.overlong_buffer=10", "rollout.max_new_tokens=4", "train.seed=1")
     batch = collate(collect(s).trajectories, s.policy.tokenizer.pad_token_id)
     shaped = shaped_rewards(s, batch, None, None)
-    # budget = 3 turns × 4 tokens = 12, free up to 12 - 8 = 4 generated tokens: penalty -(n-4)/8, floored at -1;
+    # budget = 3 turns × 4 tokens = 12, free up to 12 - 10 = 2 generated tokens: penalty -(n-2)/10, floored at -1;
     # observation tokens do not count
     n_gen = batch.loss_mask.sum(-1)
-    expected = -((n_gen - 4).clamp(min=0) / 8).clamp(max=1)
+    expected = -((n_gen - 2).clamp(min=0) / 10).clamp(max=1)
     assert torch.allclose((shaped - batch.token_rewards).sum(-1), expected)
     assert (expected < 0).any()  # the case is not vacuous
     last = (batch.loss_mask * torch.arange(batch.loss_mask.shape[1])).argmax(-1)

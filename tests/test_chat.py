@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from arlkit.envs.parsing import HermesFormat
 from arlkit.errors import ArlkitError
 from arlkit.models.chat_template import DELIMITER_TOKENS, TURN_TOKENS
-from arlkit.models.tiny import demo_actions, demo_trajectory
+from arlkit.models.tiny import demo_trajectory
 from arlkit.rollout.chat import ChatFormatter
 from arlkit.rollout.engine import Episode, RolloutParams
 from arlkit.trajectory import Role
@@ -91,7 +91,7 @@ def _demo_episode(task, tokenizer, row, strategy: str) -> Episode:
     ep = Episode(
         task.make_env(), tokenizer, row, 0, RolloutParams(max_turns=task.max_turns, max_length=10_000)
     )
-    for text in demo_actions(row, strategy, task.fmt):
+    for text in task.demo_actions(row, strategy):
         ids = tokenizer.encode(text, add_special_tokens=False)
         if "<answer>" in text:
             ids.append(tokenizer.eos_token_id)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from arlkit.envs.tool_env import PARSE_ERROR_NAME
-from arlkit.models.tiny import demo_actions, demo_trajectory
+from arlkit.models.tiny import demo_trajectory
 from arlkit.rollout.engine import Episode, RolloutParams
 from arlkit.trajectory import (
     PAD_ROLE,
@@ -219,7 +219,7 @@ def test_malformed_call_gives_error_observation_and_continues(task, tokenizer, r
 
     # The episode continues: the model can still answer, correctly, but the syntax error costs the reward:
     # answer_ok=1, tool_syntax_ok=0, so r = (1 + 0) / 2 - 1 = -0.5 despite EM 1.
-    for text in demo_actions(row, "none"):
+    for text in task.demo_actions(row, "none"):
         ids = [*tokenizer.encode(text, add_special_tokens=False), tokenizer.eos_token_id]
         ep.advance(ids)
     assert ep.done and traj.n_turns == 2

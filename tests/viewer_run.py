@@ -15,7 +15,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM
 
 from arlkit.algos.advantages import ADVANTAGES, AdvantageInputs, AdvantageParams
-from arlkit.models.tiny import demo_actions, demo_trajectory, scripted_trajectory
+from arlkit.models.tiny import demo_trajectory, scripted_trajectory
 from arlkit.rollout.engine import RolloutParams, rollout
 from arlkit.rollout.generator import HFGenerator
 from arlkit.train.run_dir import RunDir
@@ -47,9 +47,9 @@ def write_viewer_run(tiny, run_path: Path) -> Path:
 
     # group 1: a 2-hop question; right and wrong scripted answers so that GRPO advantages differ in sign
     wrong = "I know this.<answer> Nobody</answer>"
-    first_call = demo_actions(two_hop, "first_hop", task.fmt)[0]
-    root = scripted_trajectory(task, tok, two_hop, demo_actions(two_hop, "all_hops", task.fmt))
-    first = scripted_trajectory(task, tok, two_hop, demo_actions(two_hop, "first_hop", task.fmt))
+    first_call = task.demo_actions(two_hop, "first_hop")[0]
+    root = scripted_trajectory(task, tok, two_hop, task.demo_actions(two_hop, "all_hops"))
+    first = scripted_trajectory(task, tok, two_hop, task.demo_actions(two_hop, "first_hop"))
     guess = scripted_trajectory(task, tok, two_hop, [wrong])
     first_wrong = scripted_trajectory(task, tok, two_hop, [first_call, wrong])
     # indices in the written batch: 4 sampled rollouts, then root=4, its branches 5 and 6, 5's branch 7,

@@ -40,13 +40,15 @@ def _fail(e: ArlkitError) -> None:
     raise typer.Exit(2)
 
 
-def summary_table(summary: dict) -> Table:
+def summary_table(summary: dict, em_label: str = "EM") -> Table:
+    """Before/after table; `em_label` names what the task's `em` is (e.g. execution accuracy for NL2SQL)."""
     table = Table(title=f"held-out questions: {summary['n_eval']} · RL steps: {summary['steps']}")
     table.add_column("metric")
     table.add_column("base", justify="right")
     table.add_column("after RL", justify="right")
     base, final = summary.get("base", {}), summary.get("final", {})
-    keys = [*SUMMARY_ROWS, *((k, k) for k in sorted(final) if k.startswith("em/"))]
+    rows = [(k, em_label if k == "em" else label) for k, label in SUMMARY_ROWS]
+    keys = [*rows, *((k, k) for k in sorted(final) if k.startswith("em/"))]
     for key, label in keys:
         if key in final:
             table.add_row(label, f"{base.get(key, float('nan')):.3f}", f"{final[key]:.3f}")
@@ -57,8 +59,10 @@ def _run(cfg: Config) -> dict:
     from arlkit.train.loop import train
 
     _quiet_transformers()
+    from arlkit.tasks import TASKS
+
     summary = train(cfg, console)
-    console.print(summary_table(summary))
+    console.print(summary_table(summary, TASKS.get(cfg.task.name).em_label))
     console.print(f"wall time {summary['seconds']:.0f} s · summary: {summary['run_dir']}/summary.json")
     return summary
 

@@ -7,13 +7,15 @@ then validated: an unknown key or a bad value fails at load time with the field'
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -72,23 +74,112 @@ class ModelConfig(_Section):
         return self
 
 
-class TaskConfig(_Section):
+class _TaskSection(_Section):
+    """Fields every task has; each task's section adds its own (see `arlkit.tasks` for what they mean)."""
+
+    max_turns: int = Field(4, gt=0)  # assistant turns per episode
+    n_eval: int = Field(500, ge=0)  # held-out questions per evaluation
+    eval_seed: int = 12345
+    # Agent-R1 process reward on the last token of the action that earned it: none, a bonus per successful
+    # tool call, or a bonus per search whose results hold a gold supporting document
+    process_reward: Literal["none", "tool_success", "gold_retrieval"] = "none"
+    process_reward_value: float = 0.1
+
+
+class ToyWikiTaskConfig(_TaskSection):
     name: Literal["toywiki"] = "toywiki"
     seed: int = 0  # world seed; must match the tiny base's world when model.path is "tiny"
     n_people: int = Field(1500, gt=10)
     heldout_frac: float = Field(0.2, gt=0, lt=1)
     top_k: int = Field(2, gt=0)  # documents per search
-    max_turns: int = Field(4, gt=0)  # assistant turns per episode
     fmt: Literal["hermes", "tags"] = "tags"  # the tiny base is trained on this format
     # RL questions: "rl" = train people the tiny base's SFT never saw (so memory does not answer them);
     # "train" = all train people. Held-out people are never in either.
     train_split: Literal["train", "rl", "sft"] = "rl"
-    n_eval: int = Field(500, ge=0)  # held-out questions per evaluation
-    # Agent-R1 process reward on the last token of the action that earned it: none, a bonus per successful
-    # tool call, or a bonus per search whose results hold a gold supporting document
-    process_reward: Literal["none", "tool_success", "gold_retrieval"] = "none"
-    process_reward_value: float = 0.1
-    eval_seed: int = 12345
+
+
+class ToySQLTaskConfig(_TaskSection):
+    name: Literal["toysql"]
+    seed: int = 0  # shop seed; must match the tiny base's shop when model.path is "tiny"
+    n_customers: int = Field(600, ge=4)
+    heldout_frac: float = Field(0.2, gt=0, lt=1)
+    max_turns: int = Field(3, gt=0)
+    fmt: Literal["hermes", "tags"] = "tags"
+    show_schema: bool = False  # the schema (and tool schemas) in the prompt, as a real model needs
+    time_limit_s: float = Field(2.0, gt=0)  # per query (tool call or scoring)
+    max_rows: int = Field(20, gt=0)  # rows a tool call shows
+    train_split: Literal["train", "rl", "sft"] = "rl"  # "rl": customers the tiny base's SFT never saw
+
+
+class MathPythonTaskConfig(_TaskSection):
+    name: Literal["math_python"]
+    seed: int = 0
+    max_turns: int = Field(3, gt=0)
+    fmt: Literal["hermes", "tags"] = "tags"
+    show_tool_schemas: bool = False
+    time_limit_s: float = Field(5.0, gt=0)  # python tool: wall-clock and CPU seconds per call
+    memory_mb: int = Field(512, ge=64)  # python tool: address-space limit
+    train_split: Literal["train", "rl", "sft"] = "rl"
+
+
+class QAFilesTaskConfig(_TaskSection):
+    """Multi-hop QA from files: HotpotQA, 2WikiMultihopQA, MuSiQue, or JSONL/Parquet {question, answer(s)}."""
+
+    name: Literal["qa_files"]
+    train_file: str | None = None  # None: evaluation only
+    eval_file: str
+    format: Literal["auto", "hotpotqa", "2wiki", "musique", "jsonl", "parquet"] = "auto"
+    # "distractor": each question searches its own paragraphs; "corpus": one index over all paragraphs of
+    # both files, or over `corpus_file` (JSONL of {title, text} or {contents})
+    retrieval: Literal["distractor", "corpus"] = "distractor"
+    corpus_file: str | None = None
+    retriever: Literal["bm25", "dense"] = "bm25"
+    dense_model: str | None = None  # sentence-transformers model path, for retriever "dense"
+    index_dir: str | None = None  # where the corpus index is saved and reused; None: the arlkit cache
+    top_k: int = Field(3, gt=0)
+    fmt: Literal["hermes", "tags"] = "hermes"
+    show_tool_schemas: bool = True
+    train_split: Literal["train"] = "train"
+
+    @model_validator(mode="after")
+    def _dense_needs_model(self) -> QAFilesTaskConfig:
+        if self.retriever == "dense" and not self.dense_model:
+            raise ValueError("task.dense_model: retriever 'dense' needs a sentence-transformers model path")
+        return self
+
+
+class NL2SQLFilesTaskConfig(_TaskSection):
+    """NL2SQL from a Spider/BIRD folder: tables.json, train/dev JSON and database/<db_id>/<db_id>.sqlite."""
+
+    name: Literal["nl2sql_files"]
+    root: str  # the data set folder
+    train_file: str | None = "train.json"  # relative to root; None: evaluation only
+    eval_file: str = "dev.json"
+    tables_file: str = "tables.json"
+    db_dir: str = "database"  # BIRD: e.g. "dev_databases"
+    fmt: Literal["hermes", "tags"] = "hermes"
+    show_schema: bool = True
+    time_limit_s: float = Field(5.0, gt=0)
+    max_rows: int = Field(20, gt=0)
+    train_split: Literal["train"] = "train"
+
+
+def _task_name(value: Any) -> str:
+    """The section's task name; a section without one is toywiki (the embedded default)."""
+    if isinstance(value, dict):
+        return value.get("name", "toywiki")
+    return getattr(value, "name", "toywiki")
+
+
+TaskConfig = Annotated[
+    Annotated[ToyWikiTaskConfig, Tag("toywiki")]
+    | Annotated[ToySQLTaskConfig, Tag("toysql")]
+    | Annotated[MathPythonTaskConfig, Tag("math_python")]
+    | Annotated[QAFilesTaskConfig, Tag("qa_files")]
+    | Annotated[NL2SQLFilesTaskConfig, Tag("nl2sql_files")],
+    Discriminator(_task_name),
+]
+TASK_NAMES = ("toywiki", "toysql", "math_python", "qa_files", "nl2sql_files")
 
 
 class RolloutConfig(_Section):
@@ -195,7 +286,7 @@ class TrainConfig(_Section):
 
 class Config(_Section):
     model: ModelConfig = ModelConfig()
-    task: TaskConfig = TaskConfig()
+    task: TaskConfig = ToyWikiTaskConfig()
     rollout: RolloutConfig = RolloutConfig()
     algo: AlgoConfig = AlgoConfig()
     critic: CriticConfig = CriticConfig()
@@ -284,7 +375,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def _describe(e: ValidationError) -> str:
     lines = []
     for err in e.errors():
-        field = ".".join(str(x) for x in err["loc"])
+        loc = list(err["loc"])
+        if loc[:1] == ["task"] and len(loc) > 1 and loc[1] in TASK_NAMES:
+            loc.pop(1)  # the union's tag: the user wrote task.<field>, not task.<name>.<field>
+        field = ".".join(str(x) for x in loc)
         if not field:  # a check across fields; its message names them
             lines.append(str(err["msg"]).removeprefix("Value error, "))
         elif err["type"] == "extra_forbidden":

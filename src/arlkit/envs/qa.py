@@ -134,10 +134,7 @@ def make_qa_env(tools: Sequence[Tool], fmt: Any = "hermes", max_turns: int = 4, 
     the format's instructions; ``system_prompt=None`` means no system message.
     """
     # Imported here because tool_env imports this module for the default reward.
-    from arlkit.envs.tool_env import ToolEnv
+    from arlkit.envs.tool_env import env_with_instructions
 
     scorer = kw.pop("scorer", None) or QAScorer()
-    env = ToolEnv(tools, scorer, fmt=fmt, max_turns=max_turns, **kw)
-    if "system_prompt" not in kw:  # an explicit system_prompt=None means no system message
-        env.system_prompt = f"{QA_SYSTEM_PROMPT}\n\n{env.fmt.instructions()}"
-    return env
+    return env_with_instructions(tools, scorer, QA_SYSTEM_PROMPT, fmt=fmt, max_turns=max_turns, **kw)

@@ -15,7 +15,14 @@ from typing import Any, Protocol, runtime_checkable
 from arlkit.envs.parsing import ActionFormat, ParsedAction, ToolCall, get_format
 from arlkit.envs.qa import agent_r1_reward
 from arlkit.errors import ArlkitError
-from arlkit.tools.base import Tool, ToolArgumentError, ToolResult, tool_schema, validate_arguments
+from arlkit.tools.base import (
+    RowTool,
+    Tool,
+    ToolArgumentError,
+    ToolResult,
+    tool_schema,
+    validate_arguments,
+)
 
 __all__ = [
     "PARSE_ERROR_NAME",
@@ -28,6 +35,7 @@ __all__ = [
     "ToolCallRecord",
     "ToolEnv",
     "default_reward",
+    "env_with_instructions",
 ]
 
 PARSE_ERROR_NAME = "<malformed>"  # ToolCallRecord.name of a call that could not be parsed
@@ -191,6 +199,9 @@ class ToolEnv:
         prompt = self.scorer.prompt(row)
         self._row = row
         self._reset_state()
+        for t in self.tools.values():
+            if isinstance(t, RowTool):
+                t.bind_row(row)
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return [*messages, {"role": "user", "content": prompt}]
 
@@ -298,3 +309,12 @@ class ToolEnv:
             turns=float(self._turns),
         )
         return EpisodeResult(float(self.reward_fn(metrics)), metrics, self._answer, self._finish_reason)
+
+
+def env_with_instructions(tools: Sequence[Tool], scorer: Scorer, task_prompt: str, **kw: Any) -> ToolEnv:
+    """A :class:`ToolEnv` whose system message defaults to `task_prompt` followed by the action format's
+    instructions; an explicit ``system_prompt=None`` means no system message."""
+    env = ToolEnv(tools, scorer, **kw)
+    if "system_prompt" not in kw:
+        env.system_prompt = f"{task_prompt}\n\n{env.fmt.instructions()}"
+    return env

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from arlkit.errors import ArlkitError
+from arlkit.models.chat_template import ensure_tool_template
 from arlkit.models.routing import TwoAgentModel, adapters_disabled, apply_dart, load_routed, routes_from_roles
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -94,6 +95,8 @@ def check_local_path(path: str | Path, field: str = "model.path", needs: str | N
 
 
 def load_tokenizer(path: str | Path, field: str = "model.path") -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with its own chat template when that template can run tool episodes
+    (Qwen2.5-style Hermes tool calls), else arlkit's ChatML template with tools (models/chat_template.py)."""
     check_local_path(path, field)
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
@@ -101,6 +104,7 @@ def load_tokenizer(path: str | Path, field: str = "model.path") -> PreTrainedTok
         raise ArlkitError(f"could not load a tokenizer from {field} {str(path)!r}: {e}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # many causal LMs ship without a pad token
+    ensure_tool_template(tok)
     return tok
 
 

@@ -1,8 +1,9 @@
 """The embedded default policy: a tiny Qwen2-architecture model whose base is SFT on scripted demonstrations.
 
-The demonstrations mix three strategies on purpose (DESIGN.md): answer from memory without searching, search
-the first hop only, or search every hop. So the base model is imperfect — on held-out people, answering from
-memory fails — and RL has a behaviour to reweight (the PASS@(k,T) paper's mechanism, arXiv 2604.14877).
+The demonstrations come from a toy task (`ToyTask`: toywiki, toysql, math_python) and mix its strategies on
+purpose (DESIGN.md): for toywiki, answer from memory without searching, search the first hop only, or search
+every hop. So the base model is imperfect — on held-out people, answering from memory fails — and RL has a
+behaviour to reweight (the PASS@(k,T) paper's mechanism, arXiv 2604.14877).
 
 Built on first use, cached under `$ARLKIT_CACHE` (default `~/.cache/arlkit`), deterministic from the recipe,
 and saved with `save_pretrained` so it loads like any Hugging Face model.
@@ -13,10 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,21 +22,31 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
+from arlkit.cache import build_once, cache_root
+from arlkit.errors import ArlkitError
 from arlkit.models.tokenizer import train_tokenizer
 from arlkit.rollout.engine import Episode, RolloutParams
-from arlkit.tasks import REWARD_ONLY_FIELDS, ToyWikiTask
+from arlkit.tasks import REWARD_ONLY_FIELDS, ToyTask, ToyWikiTask
 from arlkit.train.sft import SFTParams, sft
 from arlkit.trajectory import Trajectory
 
 RECIPE_VERSION = 2  # bump when the recipe's code changes what it builds, so caches are rebuilt
-STRATEGIES = ("none", "first_hop", "all_hops")
+__all__ = [
+    "TinyRecipe",
+    "build_base",
+    "build_tokenizer",
+    "cache_root",
+    "demo_trajectory",
+    "ensure_base",
+    "scripted_trajectory",
+]
 
 
 @dataclass(frozen=True)
 class TinyRecipe:
     """Everything that determines the tiny base model; its hash names the cache folder."""
 
-    task: ToyWikiTask = field(default_factory=ToyWikiTask)
+    task: ToyTask = field(default_factory=ToyWikiTask)
     vocab_size: int = 1024
     hidden_size: int = 256
     num_layers: int = 4
@@ -47,44 +55,31 @@ class TinyRecipe:
     intermediate_size: int = 704
     max_position: int = 1024
     n_demos: int = 8000
-    strategy_mix: tuple[float, float, float] = (0.4, 0.3, 0.3)  # none, first_hop, all_hops
+    strategy_mix: tuple[float, ...] = (0.4, 0.3, 0.3)  # weights of task.demo_strategies, in order
     sft: SFTParams = field(default_factory=lambda: SFTParams(steps=1000, batch_size=32, lr=3e-3))
     seed: int = 0
+
+    @classmethod
+    def for_task(cls, task: ToyTask) -> TinyRecipe:
+        """The recipe for `task`: the defaults with the task's `tiny_recipe` overrides (a smaller model or
+        shorter SFT where the task's text is simpler)."""
+        overrides = dict(task.tiny_recipe)
+        if "sft" in overrides:
+            overrides["sft"] = SFTParams(**overrides["sft"])
+        return cls(task=task, **overrides)
 
     def key(self) -> str:
         fields = dataclasses.asdict(self)
         # reward settings change RL, not the base: they must not force a rebuild
         fields["task"] = {k: v for k, v in fields["task"].items() if k not in REWARD_ONLY_FIELDS}
+        if self.task.name != "toywiki":  # toywiki keys predate task names: leaving it out keeps built bases
+            fields["task_name"] = self.task.name
         blob = json.dumps({"v": RECIPE_VERSION, **fields}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("ARLKIT_CACHE", Path.home() / ".cache" / "arlkit"))
-
-
-def _call_text(fmt: str, query: str) -> str:
-    if fmt == "tags":
-        return f"<search> {query}</search>"
-    return f'<tool_call>{{"name": "search", "arguments": {{"query": " {query}"}}}}</tool_call>'
-
-
-def demo_actions(row: dict, strategy: str, fmt: str = "hermes") -> list[str]:
-    """The assistant turns of a scripted demonstration (text), ending with the gold answer.
-
-    Names in queries and answers carry a leading space, as they do in the documents and questions, so a
-    name has the same token ids wherever it appears and the tiny model can copy it (with Qwen2's
-    pre-tokenisation "Ana" and " Ana" are different tokens).
-    """
-    if strategy == "none":
-        return [f"I know this.<answer> {row['answer']}</answer>"]
-    hops = list(row["hops"]) if strategy == "all_hops" else list(row["hops"][:1])
-    calls = [f"I need {h}.{_call_text(fmt, h)}" for h in hops]
-    return [*calls, f"So the answer is<answer> {row['answer']}</answer>"]
-
-
 def scripted_trajectory(
-    task: ToyWikiTask, tokenizer: PreTrainedTokenizerBase, row: dict, actions: list[str]
+    task: ToyTask, tokenizer: PreTrainedTokenizerBase, row: dict, actions: list[str]
 ) -> Trajectory:
     """Tokenise assistant turns given as text through the rollout engine's own Episode, so the sequence has
     exactly the ids, roles and observation glue that rollouts have. Stops early if the episode ends."""
@@ -95,7 +90,7 @@ def scripted_trajectory(
         if "<answer>" in text:
             ids.append(
                 tokenizer.eos_token_id
-            )  # an answer turn ends the message; a call turn stops at </tool_call>
+            )  # an answer turn ends the message; a call turn stops at its closer
         ep.advance(ids)
         if ep.done:
             break
@@ -103,18 +98,24 @@ def scripted_trajectory(
 
 
 def demo_trajectory(
-    task: ToyWikiTask, tokenizer: PreTrainedTokenizerBase, row: dict, strategy: str
+    task: ToyTask, tokenizer: PreTrainedTokenizerBase, row: dict, strategy: str
 ) -> Trajectory:
-    """A scripted demonstration of ``strategy`` (see :func:`demo_actions`), as SFT trains on."""
-    traj = scripted_trajectory(task, tokenizer, row, demo_actions(row, strategy, task.fmt))
+    """A scripted demonstration of ``strategy`` (the task's `demo_actions`), as SFT trains on."""
+    traj = scripted_trajectory(task, tokenizer, row, task.demo_actions(row, strategy))
     traj.metadata["strategy"] = strategy
     return traj
 
 
 def _demo_rows(recipe: TinyRecipe) -> list[tuple[dict, str]]:
+    strategies = recipe.task.demo_strategies
+    if len(recipe.strategy_mix) != len(strategies):
+        raise ArlkitError(
+            f"strategy_mix {recipe.strategy_mix} needs one weight per strategy of task "
+            f"{recipe.task.name!r}: {strategies}"
+        )
     rng = random.Random(recipe.seed)
     rows = recipe.task.rows("sft", recipe.n_demos, seed=recipe.seed + 1)
-    return [(row, rng.choices(STRATEGIES, weights=recipe.strategy_mix)[0]) for row in rows]
+    return [(row, rng.choices(strategies, weights=recipe.strategy_mix)[0]) for row in rows]
 
 
 def _rendered_demos(recipe: TinyRecipe, tokenizer: PreTrainedTokenizerBase, n: int) -> list[str]:
@@ -126,9 +127,9 @@ def _rendered_demos(recipe: TinyRecipe, tokenizer: PreTrainedTokenizerBase, n: i
 
 
 def build_tokenizer(recipe: TinyRecipe) -> PreTrainedTokenizerBase:
-    corpus = recipe.task.world.text_corpus()
-    bootstrap = train_tokenizer(corpus, recipe.vocab_size)
-    return train_tokenizer(corpus + _rendered_demos(recipe, bootstrap, 400), recipe.vocab_size)
+    corpus, extra = recipe.task.text_corpus(), recipe.task.extra_tokens
+    bootstrap = train_tokenizer(corpus, recipe.vocab_size, extra)
+    return train_tokenizer(corpus + _rendered_demos(recipe, bootstrap, 400), recipe.vocab_size, extra)
 
 
 def new_model(recipe: TinyRecipe, tokenizer: PreTrainedTokenizerBase) -> Qwen2ForCausalLM:
@@ -182,15 +183,9 @@ def ensure_base(
 ) -> Path:
     """Path of the cached base for `recipe`, building it first if needed (atomically: build, then rename)."""
     recipe = recipe or TinyRecipe()
-    final = cache_root() / f"tiny-{recipe.key()}"
-    if (final / "arlkit_recipe.json").exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=final.parent))
-    try:
+
+    def build(tmp: Path) -> None:
+        tmp.mkdir()
         build_base(recipe, tmp, on_step=on_step)
-        if not final.exists():
-            tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return build_once(cache_root() / f"tiny-{recipe.key()}", build)

@@ -8,7 +8,7 @@ reloaded tokenizer gives the same ids; tests check it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AddedToken, PreTrainedTokenizerBase
@@ -28,8 +28,18 @@ def _qwen2_pipeline(tok: Tokenizer) -> None:
     tok.decoder = decoders.ByteLevel()
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerBase:
-    """Train a byte-level BPE on `corpus` and wrap it as a Qwen2Tokenizer with ChatML tokens and template."""
+def train_tokenizer(
+    corpus: Iterable[str],
+    vocab_size: int = 1024,
+    extra_delimiters: Sequence[str] = (),
+    delimiters: Sequence[str] = DELIMITER_TOKENS,
+    chat_template: str = CHAT_TEMPLATE,
+) -> PreTrainedTokenizerBase:
+    """Train a byte-level BPE on `corpus` and wrap it as a Qwen2Tokenizer with ChatML tokens and template.
+
+    `delimiters` + `extra_delimiters` (a task's own tool tags, e.g. `<sql>`) become single non-special added
+    tokens, as Qwen2.5 adds `<tool_call>`; a Qwen2.5-like test tokenizer passes Qwen's own list and template.
+    """
     bpe = Tokenizer(models.BPE())
     _qwen2_pipeline(bpe)
     trainer = trainers.BpeTrainer(
@@ -51,8 +61,9 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> PreTrained
     )
     del state
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in DELIMITER_TOKENS])
-    tok.chat_template = CHAT_TEMPLATE
+    added = [*delimiters, *(t for t in extra_delimiters if t not in delimiters)]
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
+    tok.chat_template = chat_template
     tok.model_max_length = 4096
     return tok
 

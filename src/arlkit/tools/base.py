@@ -18,6 +18,7 @@ from arlkit.errors import ArlkitError
 
 __all__ = [
     "FunctionTool",
+    "RowTool",
     "Tool",
     "ToolArgumentError",
     "ToolResult",
@@ -49,6 +50,17 @@ class Tool(Protocol):
     parameters: dict
 
     def __call__(self, **kwargs: Any) -> ToolResult: ...
+
+
+@runtime_checkable
+class RowTool(Protocol):
+    """A tool whose data depend on the episode's row (the question's own paragraphs, its database).
+
+    ToolEnv calls ``bind_row(row)`` at every reset, so such a tool must belong to one env (a task's
+    ``make_env`` builds a fresh one per episode), never be shared between concurrent episodes.
+    """
+
+    def bind_row(self, row: dict) -> None: ...
 
 
 def tool_schema(t: Tool) -> dict:

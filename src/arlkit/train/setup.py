@@ -19,10 +19,12 @@ from rich.progress import (
 )
 
 from arlkit.config import Config
+from arlkit.errors import ArlkitError
 from arlkit.models.loading import DTYPES, Policy, load_policy, resolve_device
 from arlkit.models.value import ValueHead, load_critic
 from arlkit.rollout.generator import HFGenerator
-from arlkit.tasks import ToyWikiTask
+from arlkit.tasks import Task, ToyTask
+from arlkit.tasks import build_task as task_from_config
 from arlkit.train.run_dir import RunDir
 from arlkit.train.update import Optimisers
 
@@ -33,7 +35,7 @@ class Setup:
 
     cfg: Config
     policy: Policy
-    task: ToyWikiTask
+    task: Task
     generator: HFGenerator
     opts: Optimisers
     run: RunDir
@@ -43,27 +45,23 @@ class Setup:
     cursor: int = 0
 
 
-def build_task(cfg: Config) -> ToyWikiTask:
-    t = cfg.task
-    return ToyWikiTask(
-        seed=t.seed,
-        n_people=t.n_people,
-        heldout_frac=t.heldout_frac,
-        top_k=t.top_k,
-        max_turns=t.max_turns,
-        fmt=t.fmt,
-        process_reward=t.process_reward,
-        process_reward_value=t.process_reward_value,
-    )
+def build_task(cfg: Config) -> Task:
+    """The task the config's `task` section names (see `arlkit.tasks`)."""
+    return task_from_config(cfg.task)
 
 
-def resolve_model_path(cfg: Config, task: ToyWikiTask, console: Console) -> Path | str:
-    """`tiny` means the embedded base for this task's world, built (minutes) and cached on first use."""
+def resolve_model_path(cfg: Config, task: Task, console: Console) -> Path | str:
+    """`tiny` means the embedded base for this toy task's world, built (minutes) and cached on first use."""
     if cfg.model.path != "tiny":
         return cfg.model.path
+    if not isinstance(task, ToyTask):
+        raise ArlkitError(
+            f"model.path 'tiny' needs a toy task (toywiki, toysql, math_python); task {task.name!r} needs a "
+            "real model: set model.path to a Hugging Face id or a local folder"
+        )
     from arlkit.models.tiny import TinyRecipe, cache_root, ensure_base
 
-    recipe = TinyRecipe(task=task)
+    recipe = TinyRecipe.for_task(task)
     cached = cache_root() / f"tiny-{recipe.key()}"
     if (cached / "arlkit_recipe.json").exists():
         return cached
