@@ -1,0 +1,248 @@
+"""The continuous-batching rollout engine: each episode's KV cache is kept across its turns (issue 4).
+
+A fixed pool of S slots (rollout/kv_cache.py) holds one episode each. One engine step:
+1. admits waiting episodes into free slots; an episode whose donor is resident copies the donor's cached
+   prefix instead of prefilling it (the n samples of a GRPO group share one prompt prefill; forks and branches
+   share their parent's context);
+2. prefills each row's uncached ids except the last: a new prompt, or the observation appended after a tool
+   call, never the history;
+3. runs one batched decode step over all rows, each at its own position, then samples, applies top-p and
+   detects stops on tensors. The logprob and entropy of each sampled id come from this same step (no extra
+   pass), under `sample_next`'s convention.
+A row that stops (a stop id, its turn budget, the episode's length budget) hands its turn to `Episode.advance`,
+which steps the env: the episode stays in its slot (only the new observation is prefilled next step) or frees
+the slot for the next waiting episode (continuous batching).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from arlkit.rollout.engine import Episode, RolloutParams, SpawnFn, sampling_params
+from arlkit.rollout.generator import SamplingParams, sample_next
+from arlkit.rollout.kv_cache import Layout, SlotCache, model_dims, window_mask
+
+
+@dataclass
+class _Slot:
+    """One resident episode. Invariant between steps: ids[:n_cached] are in the cache, n_cached < len(ids)."""
+
+    ep: Episode
+    ids: list[int]  # the episode's context, then this turn's generated ids
+    n_cached: int
+    budget: int  # ids this turn may generate
+    donor: Episode | None = None  # a pending prefix copy
+    gen_ids: list[int] = field(default_factory=list)
+    gen_lp: list[float] = field(default_factory=list)
+    gen_ent: list[float] = field(default_factory=list)
+
+
+class ContinuousEngine:
+    """EpisodeRunner over a transformers causal LM (or a peft wrapper of one) with per-episode KV caches.
+
+    max_slots: episodes resident at once, i.e. rows per decode forward. prefill_tokens: padded tokens per
+    prefill forward (bounds activation memory). The cache (max_slots × (max_length + 1) positions per layer)
+    is allocated on first use and kept for later runs.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pad_id: int,
+        max_slots: int = 64,
+        seed: int = 0,
+        prefill_tokens: int = 8192,
+    ):
+        self.model, self.pad_id = model, pad_id
+        self.max_slots, self.prefill_tokens = max_slots, prefill_tokens
+        self.n_layers, self.n_kv_heads, self.head_dim = model_dims(model)
+        emb = model.get_input_embeddings().weight
+        self.device, self.dtype = emb.device, emb.dtype
+        self.rng = torch.Generator(device=self.device).manual_seed(seed)
+        self.cache: SlotCache | None = None
+
+    @torch.no_grad()
+    def run(
+        self, episodes: Sequence[Episode], params: RolloutParams, spawn: SpawnFn | None = None
+    ) -> list[Episode]:
+        out = list(episodes)
+        waiting = deque(e for e in out if not e.done)
+        if not waiting:
+            return out
+        sampling = sampling_params(params, waiting[0])
+        stop_ids = torch.tensor(sorted(set(sampling.stop_token_ids)) or [-1], device=self.device)
+        slots: list[_Slot | None] = [None] * min(self.max_slots, len(waiting))
+        self._ensure_cache(len(slots), params.max_length + 1)  # + 1: a scratch position for idle rows
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            while waiting or any(s is not None for s in slots):
+                self._admit(slots, waiting)
+                self._prefill(slots)
+                for i, reason in self._decode(slots, sampling, stop_ids):
+                    forks = self._end_turn(slots, i, reason, spawn)
+                    waiting.extendleft(reversed(forks))  # first, while their donor is resident
+                    out += forks
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _ensure_cache(self, n_slots: int, max_len: int) -> None:
+        if self.cache is None or not self.cache.fits(n_slots, max_len, self.dtype, self.device):
+            self.cache = None  # free the old pool before allocating the new one
+            self.cache = SlotCache(
+                self.n_layers, n_slots, max_len, self.n_kv_heads, self.head_dim, self.dtype, self.device
+            )
+
+    def _admit(self, slots: list[_Slot | None], waiting: deque[Episode]) -> None:
+        resident = {id(s.ep) for s in slots if s is not None}
+        for i in range(len(slots)):
+            while slots[i] is None and waiting:
+                ep = waiting.popleft()
+                if ep.turn_budget() <= 0:
+                    ep.finish("context_length")  # a prompt that leaves no room to generate
+                    continue
+                donor = ep.donor if ep.donor is not None and id(ep.donor) in resident else None
+                slots[i] = _Slot(ep, ep.context_ids(), 0, ep.turn_budget(), donor)
+                resident.add(id(ep))
+
+    def _prefill(self, slots: list[_Slot | None]) -> None:
+        """Cache every row's ids but the last. Rows waiting for a donor go after the donors' own prefill."""
+        self._prefill_rows(slots, [i for i, s in enumerate(slots) if s and not s.donor and _uncached(s)])
+        self._copy_from_donors(slots)
+        self._prefill_rows(slots, [i for i, s in enumerate(slots) if s and _uncached(s)])
+
+    def _copy_from_donors(self, slots: list[_Slot | None]) -> None:
+        where = {id(s.ep): i for i, s in enumerate(slots) if s is not None}
+        pending = [i for i, s in enumerate(slots) if s is not None and s.donor is not None]
+        while pending:  # a donor may itself wait for a copy (a fork of a fork): copy in dependency order
+            ready = [i for i in pending if slots[where[id(slots[i].donor)]].donor is None]
+            for i in ready or pending:  # a cycle cannot occur; `or pending` only guards against looping
+                s = slots[i]
+                j = where[id(s.donor)]
+                n = _shared_prefix(
+                    s.ids, slots[j].ids, min(slots[j].n_cached, s.ep.donor_len, len(s.ids) - 1)
+                )
+                self.cache.copy_prefix(j, i, n)
+                s.n_cached, s.donor = n, None
+            pending = [i for i in pending if slots[i].donor is not None]
+
+    def _prefill_rows(self, slots: list[_Slot | None], rows: list[int]) -> None:
+        rows = sorted(rows, key=lambda i: -_uncached(slots[i]))  # similar lengths share a forward
+        while rows:
+            width = _uncached(slots[rows[0]])
+            n = max(1, min(len(rows), self.prefill_tokens // width))
+            self._prefill_group(slots, rows[:n], width)
+            rows = rows[n:]
+
+    def _prefill_group(self, slots: list[_Slot | None], rows: list[int], width: int) -> None:
+        B = len(rows)
+        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
+        valid = torch.zeros((B, width), dtype=torch.bool)
+        start = torch.tensor([slots[i].n_cached for i in rows])
+        for b, i in enumerate(rows):
+            s = slots[i]
+            new = s.ids[s.n_cached : len(s.ids) - 1]
+            ids[b, : len(new)] = torch.tensor(new)
+            valid[b, : len(new)] = True
+        pos = start[:, None] + torch.arange(width)[None, :]  # (B, width)
+        slot_t = torch.tensor(rows)
+        dev = self.device
+        layout = Layout(
+            slots=slot_t.to(dev),
+            write_slot=slot_t[:, None].expand(B, width)[valid].to(dev),
+            write_pos=pos[valid].to(dev),
+            valid=valid.to(dev),
+            kv_len=max(len(slots[i].ids) - 1 for i in rows),
+            rows_are_prefix=False,
+        )
+        self._forward(ids.to(dev), pos.to(dev), layout)
+        for i in rows:
+            slots[i].n_cached = len(slots[i].ids) - 1
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """One model forward over the pool; returns the last position's logits (B, V)."""
+        self.cache.bind(layout)
+        out = self.model(
+            input_ids=ids,
+            position_ids=pos,
+            attention_mask=window_mask(pos, layout.kv_len, self.dtype),
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1]
+
+    def _decode(
+        self, slots: list[_Slot | None], sampling: SamplingParams, stop_ids: torch.Tensor
+    ) -> list[tuple[int, str]]:
+        """One token for every resident episode; returns (slot, finish reason) of the rows whose turn ended."""
+        live = [i for i, s in enumerate(slots) if s is not None]
+        if not live:
+            return []
+        hi = live[-1] + 1
+        # Rows 0..hi-1 read the pool through a view; idle rows among them cost compute but copy nothing. When
+        # most of that range is idle (the tail of a run), gather only the live rows' windows instead.
+        rows = list(range(hi)) if 2 * len(live) >= hi else live
+        scratch = self.cache.max_len - 1
+        ids = [slots[i].ids[-1] if slots[i] else self.pad_id for i in rows]
+        pos = [slots[i].n_cached if slots[i] else 0 for i in rows]
+        write = [slots[i].n_cached if slots[i] else scratch for i in rows]
+        left = [slots[i].budget - len(slots[i].gen_ids) if slots[i] else 1 for i in rows]
+        dev = self.device
+        slot_t = torch.tensor(rows, device=dev)
+        pos_t = torch.tensor(pos, device=dev)[:, None]  # (B, 1)
+        write_t = torch.tensor(write, device=dev)
+        layout = Layout(slot_t, slot_t, write_t, None, max(pos) + 1, rows_are_prefix=len(rows) == hi)
+        logits = self._forward(torch.tensor(ids, device=dev)[:, None], pos_t, layout)
+        tok, lp, ent = sample_next(logits, sampling.temperature, sampling.top_p, self.rng)
+        stopped = torch.isin(tok, stop_ids)
+        ended = stopped | (torch.tensor(left, device=dev) <= 1)  # this id used the turn's last place
+        tok_l, lp_l, ent_l, stop_l, end_l = (x.tolist() for x in (tok, lp, ent, stopped, ended))
+        finished = []
+        for b, i in enumerate(rows):
+            s = slots[i]
+            if s is None:
+                continue
+            s.ids.append(tok_l[b])
+            s.n_cached += 1
+            s.gen_ids.append(tok_l[b])
+            s.gen_lp.append(lp_l[b])
+            s.gen_ent.append(ent_l[b])
+            if end_l[b]:
+                finished.append((i, "stop" if stop_l[b] else "length"))
+        return finished
+
+    def _end_turn(
+        self, slots: list[_Slot | None], i: int, reason: str, spawn: SpawnFn | None
+    ) -> list[Episode]:
+        """Hand the turn to the env; keep the slot for the next turn or free it. Returns spawned episodes."""
+        s = slots[i]
+        ep = s.ep
+        ep.advance(s.gen_ids, s.gen_lp, s.gen_ent, reason)
+        if ep.done:
+            slots[i] = None
+            return []
+        ids = ep.context_ids()
+        assert ids[: s.n_cached] == s.ids[: s.n_cached], "an episode's context changed under its cache"
+        slots[i] = _Slot(ep, ids, s.n_cached, ep.turn_budget())
+        return spawn(ep) if spawn is not None else []
+
+
+def _uncached(s: _Slot) -> int:
+    """Ids to prefill: all uncached ids but the last, which the decode step feeds."""
+    return len(s.ids) - 1 - s.n_cached
+
+
+def _shared_prefix(a: list[int], b: list[int], n: int) -> int:
+    """Length of the common prefix of a and b, at most n."""
+    if a[:n] == b[:n]:
+        return n
+    k = 0
+    while k < n and a[k] == b[k]:
+        k += 1
+    return k
