@@ -82,16 +82,31 @@ def _assert_same(got, want, atol=1e-4) -> None:
             assert torch.allclose(torch.tensor(a).nan_to_num(), torch.tensor(b).nan_to_num(), atol=atol)
 
 
-def test_greedy_engine_equals_turn_by_turn_generators(model, tokenizer, make_env, rows) -> None:
-    ref = _run(HFGenerator(model, tokenizer.pad_token_id), tokenizer, make_env, rows)
-    # the episodes really are multi-turn with observations, and end in both ways
-    assert min(t.n_turns for t in ref) >= 2
-    assert {t.metadata["finish_reason"] for t in ref} >= {"max_turns", "context_length"}
-    # 7 slots for 15 episodes: later episodes wait for a slot (continuous batching)
-    engine = ContinuousEngine(model, tokenizer.pad_token_id, max_slots=7)
-    _assert_same(_run(engine, tokenizer, make_env, rows), ref)
-    # the model.generate baseline that re-prefills every turn gives the same ids too
-    _assert_same(_run(GenerateBaseline(model, tokenizer.pad_token_id), tokenizer, make_env, rows), ref)
+@pytest.fixture(scope="module")
+def reference(model, tokenizer, make_env, rows):
+    """Greedy trajectories of the HF generator, turn by turn (each turn re-prefills the whole context)."""
+    return _run(HFGenerator(model, tokenizer.pad_token_id), tokenizer, make_env, rows)
+
+
+def test_reference_episodes_are_multi_turn(reference) -> None:
+    assert min(t.n_turns for t in reference) >= 2  # observations between turns
+    assert {t.metadata["finish_reason"] for t in reference} >= {"max_turns", "context_length"}
+
+
+@pytest.mark.parametrize("decode", ["dynamic", "static"])
+def test_greedy_engine_equals_turn_by_turn_generator(
+    model, tokenizer, make_env, rows, reference, decode
+) -> None:
+    # 7 slots for 15 episodes: later episodes wait for a free slot (continuous batching); "static" decodes all
+    # slots over all positions at fixed shapes, the step a GPU captures as a CUDA graph
+    engine = ContinuousEngine(model, tokenizer.pad_token_id, max_slots=7, decode=decode)
+    _assert_same(_run(engine, tokenizer, make_env, rows), reference)
+    assert engine.cache.max_len == GREEDY.max_length + 1  # grew from 257 positions as episodes lengthened
+
+
+def test_model_generate_baseline_gives_the_same_ids(model, tokenizer, make_env, rows, reference) -> None:
+    """The benchmark's baseline: `model.generate` on the whole context every turn."""
+    _assert_same(_run(GenerateBaseline(model, tokenizer.pad_token_id), tokenizer, make_env, rows), reference)
 
 
 def test_engine_prefills_each_id_once_and_copies_shared_prompts(

@@ -99,7 +99,12 @@ class RolloutConfig(_Section):
     max_new_tokens: int = Field(48, gt=0)  # per turn
     max_length: int = Field(1024, gt=16)  # whole episode, prompt included
     eval_temperature: float = Field(0.0, ge=0)  # same for base and trained policy; 0 = greedy
-    max_batch: int = Field(256, gt=0)  # rows per generation forward
+    max_batch: int = Field(256, gt=0)  # rows per generation forward (the engine's resident episodes)
+    backend: Literal["engine", "hf"] = (
+        "engine"  # engine: KV caches kept across turns; hf: re-prefill each turn
+    )
+    prefill_tokens: int = Field(8192, gt=0)  # engine: padded tokens per prefill forward (activation memory)
+    cuda_graphs: bool = False  # engine on a GPU: decode with a static cache captured in a CUDA graph
 
 
 class AlgoConfig(_Section):

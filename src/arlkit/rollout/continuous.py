@@ -22,9 +22,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from arlkit.errors import ArlkitError
+from arlkit.rollout.cuda_graph import StaticDecoder
 from arlkit.rollout.engine import Episode, RolloutParams, SpawnFn, sampling_params
 from arlkit.rollout.generator import SamplingParams, sample_next
 from arlkit.rollout.kv_cache import Layout, SlotCache, model_dims, window_mask
+
+DECODE_MODES = ("dynamic", "static", "cuda_graph")
 
 
 @dataclass
@@ -45,8 +49,11 @@ class ContinuousEngine:
     """EpisodeRunner over a transformers causal LM (or a peft wrapper of one) with per-episode KV caches.
 
     max_slots: episodes resident at once, i.e. rows per decode forward. prefill_tokens: padded tokens per
-    prefill forward (bounds activation memory). The cache (max_slots × (max_length + 1) positions per layer)
-    is allocated on first use and kept for later runs.
+    prefill forward (bounds activation memory). The cache (per layer: slots × positions × kv heads × head dim)
+    is allocated on first use, kept for later runs, and grows its positions by doubling as episodes lengthen,
+    up to max_length + 1, so short episodes do not pay for the longest possible one. decode: "dynamic" (rows and key window sized to the
+    live episodes), "static" (all slots, all positions: fixed shapes) or "cuda_graph" (static, captured once
+    and replayed; GPU only, see rollout/cuda_graph.py).
     """
 
     def __init__(
@@ -56,7 +63,12 @@ class ContinuousEngine:
         max_slots: int = 64,
         seed: int = 0,
         prefill_tokens: int = 8192,
+        decode: str = "dynamic",
     ):
+        if decode not in DECODE_MODES:
+            raise ArlkitError(f"engine decode mode {decode!r} is not one of {', '.join(DECODE_MODES)}")
+        self.decode_mode = decode
+        self.static: StaticDecoder | None = None
         self.model, self.pad_id = model, pad_id
         self.max_slots, self.prefill_tokens = max_slots, prefill_tokens
         self.n_layers, self.n_kv_heads, self.head_dim = model_dims(model)
@@ -76,12 +88,13 @@ class ContinuousEngine:
         sampling = sampling_params(params, waiting[0])
         stop_ids = torch.tensor(sorted(set(sampling.stop_token_ids)) or [-1], device=self.device)
         slots: list[_Slot | None] = [None] * min(self.max_slots, len(waiting))
-        self._ensure_cache(len(slots), params.max_length + 1)  # + 1: a scratch position for idle rows
+        self._ensure_cache(len(slots), params.max_length + 1)
         was_training = self.model.training
         self.model.eval()
         try:
             while waiting or any(s is not None for s in slots):
                 self._admit(slots, waiting)
+                self._ensure_positions(slots, params.max_length + 1)
                 self._prefill(slots)
                 for i, reason in self._decode(slots, sampling, stop_ids):
                     forks = self._end_turn(slots, i, reason, spawn)
@@ -91,12 +104,36 @@ class ContinuousEngine:
             self.model.train(was_training)
         return out
 
-    def _ensure_cache(self, n_slots: int, max_len: int) -> None:
-        if self.cache is None or not self.cache.fits(n_slots, max_len, self.dtype, self.device):
-            self.cache = None  # free the old pool before allocating the new one
+    def _ensure_cache(self, n_slots: int, limit: int) -> None:
+        c = self.cache
+        if (
+            c is None
+            or c.n_slots < n_slots
+            or c.keys[0].dtype != self.dtype
+            or c.keys[0].device != self.device
+        ):
+            self.cache = self.static = None  # free the old pool (and its graph) before allocating the new one
             self.cache = SlotCache(
-                self.n_layers, n_slots, max_len, self.n_kv_heads, self.head_dim, self.dtype, self.device
+                self.n_layers,
+                n_slots,
+                min(limit, 257),
+                self.n_kv_heads,
+                self.head_dim,
+                self.dtype,
+                self.device,
             )
+            self._new_static_decoder()
+
+    def _ensure_positions(self, slots: list[_Slot | None], limit: int) -> None:
+        """Room for every resident episode to finish its turn, plus a scratch position for idle rows."""
+        need = max((len(s.ids) + s.budget + 1 for s in slots if s is not None), default=0)
+        if need > self.cache.max_len:
+            self.cache.grow(min(limit, max(need, 2 * self.cache.max_len)))
+            self._new_static_decoder()  # its buffers and graph are sized to the old pool
+
+    def _new_static_decoder(self) -> None:
+        if self.decode_mode != "dynamic":
+            self.static = StaticDecoder(self.model, self.cache, capture=self.decode_mode == "cuda_graph")
 
     def _admit(self, slots: list[_Slot | None], waiting: deque[Episode]) -> None:
         resident = {id(s.ep) for s in slots if s is not None}
@@ -184,21 +221,24 @@ class ContinuousEngine:
         live = [i for i, s in enumerate(slots) if s is not None]
         if not live:
             return []
-        hi = live[-1] + 1
+        hi = len(slots) if self.static is not None else live[-1] + 1
         # Rows 0..hi-1 read the pool through a view; idle rows among them cost compute but copy nothing. When
         # most of that range is idle (the tail of a run), gather only the live rows' windows instead.
-        rows = list(range(hi)) if 2 * len(live) >= hi else live
+        rows = list(range(hi)) if 2 * len(live) >= hi or self.static is not None else live
         scratch = self.cache.max_len - 1
         ids = [slots[i].ids[-1] if slots[i] else self.pad_id for i in rows]
         pos = [slots[i].n_cached if slots[i] else 0 for i in rows]
         write = [slots[i].n_cached if slots[i] else scratch for i in rows]
         left = [slots[i].budget - len(slots[i].gen_ids) if slots[i] else 1 for i in rows]
         dev = self.device
-        slot_t = torch.tensor(rows, device=dev)
-        pos_t = torch.tensor(pos, device=dev)[:, None]  # (B, 1)
-        write_t = torch.tensor(write, device=dev)
-        layout = Layout(slot_t, slot_t, write_t, None, max(pos) + 1, rows_are_prefix=len(rows) == hi)
-        logits = self._forward(torch.tensor(ids, device=dev)[:, None], pos_t, layout)
+        if self.static is not None:
+            logits = self.static(ids, pos, write)
+        else:
+            slot_t = torch.tensor(rows, device=dev)
+            pos_t = torch.tensor(pos, device=dev)[:, None]  # (B, 1)
+            write_t = torch.tensor(write, device=dev)
+            layout = Layout(slot_t, slot_t, write_t, None, max(pos) + 1, rows_are_prefix=len(rows) == hi)
+            logits = self._forward(torch.tensor(ids, device=dev)[:, None], pos_t, layout)
         tok, lp, ent = sample_next(logits, sampling.temperature, sampling.top_p, self.rng)
         stopped = torch.isin(tok, stop_ids)
         ended = stopped | (torch.tensor(left, device=dev) <= 1)  # this id used the turn's last place

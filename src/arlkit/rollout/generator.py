@@ -75,7 +75,8 @@ class HFGenerator:
         self.model = model
         self.pad_id = pad_id
         self.max_batch = max_batch
-        self.rng = torch.Generator().manual_seed(seed)
+        # on the model's device: torch.multinomial needs a generator where its probabilities are
+        self.rng = torch.Generator(device=self.device).manual_seed(seed)
 
     @property
     def device(self) -> torch.device:

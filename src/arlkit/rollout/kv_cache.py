@@ -81,9 +81,14 @@ class SlotCache(Cache):
         self.n_slots, self.max_len = n_slots, max_len
         self.layout: Layout | None = None
 
-    def fits(self, n_slots: int, max_len: int, dtype: torch.dtype, device: torch.device) -> bool:
-        k = self.keys[0]
-        return self.n_slots >= n_slots and self.max_len >= max_len and k.dtype == dtype and k.device == device
+    def grow(self, max_len: int) -> None:
+        """Extend every slot to `max_len` positions, keeping what is cached (amortised by doubling callers)."""
+        for pools in (self.keys, self.values):
+            for i, old in enumerate(pools):
+                new = old.new_zeros((*old.shape[:2], max_len, old.shape[3]))
+                new[:, :, : self.max_len] = old
+                pools[i] = new
+        self.max_len = max_len
 
     def bind(self, layout: Layout) -> None:
         self.layout = layout
