@@ -161,7 +161,8 @@ def test_dynamic_sampling_keeps_only_groups_with_varied_rewards(tiny, tmp_path) 
 
 
 def test_overlong_penalty_counts_generated_tokens_only(tiny, tmp_path) -> None:
-    s = _setup(tiny, tmp_path, "algo.overlong_buffer=8", "rollout.max_new_tokens=4", "train.seed=1")
+    # a seed whose sampled episodes include some that run past 4 generated tokens (about 1 in 8 do)
+    s = _setup(tiny, tmp_path, "algo.overlong_buffer=8", "rollout.max_new_tokens=4", "train.seed=3")
     batch = collate(collect(s).trajectories, s.policy.tokenizer.pad_token_id)
     shaped = shaped_rewards(s, batch, None, None)
     # budget = 3 turns × 4 tokens = 12, free up to 12 - 8 = 4 generated tokens: penalty -(n-4)/8, floored at -1;

@@ -87,3 +87,49 @@ def test_micro_batches_respect_token_and_row_budgets() -> None:
     # the row cap applies as well; a sequence over the budget gets a micro-batch of its own
     assert plan_micro_batches(LENGTHS, 1000, max_rows=3, packed=True) == [[0, 5, 2], [3, 6, 1], [4]]
     assert plan_micro_batches([50, 10], 20, max_rows=8, packed=True) == [[0], [1]]
+
+
+@pytest.mark.parametrize("critic", ["value_head", "separate"])
+def test_packed_update_equals_padded_update(tiny, tmp_path, critic) -> None:
+    """One PPO step (GAE critic, KL to the reference) with packed, token-budgeted micro-batches moves every
+    weight as the padded row-count path does. Plain SGD with lr 1 makes each move the (clipped) gradient."""
+    from conftest import tiny_run_overrides
+    from rich.console import Console
+
+    from arlkit.config import load_config
+    from arlkit.train.loop import train_step
+    from arlkit.train.setup import setup
+    from arlkit.train.update import Optimisers
+
+    variants = {
+        "packed": ["algo.packing=true", "algo.micro_batch_tokens=300"],  # several micro-batches of ≤ 300
+        "padded": ["algo.packing=false", "algo.micro_batch_tokens=null"],  # the previous path
+    }
+    moves = {}
+    for name, extra in variants.items():
+        overrides = tiny_run_overrides(
+            tiny.sft_dir, tmp_path / name, "algo.advantage=gae", f"critic.kind={critic}", "algo.kl_coef=0.1"
+        )
+        s = setup(load_config(None, [*overrides, "train.seed=3", *extra]), Console(quiet=True))
+        modules = {"policy": s.policy.model, "critic": s.policy.critic, "head": s.policy.value_head}
+        params = {
+            f"{m}.{k}": p
+            for m, mod in modules.items()
+            if mod is not None
+            for k, p in mod.named_parameters()
+            if p.requires_grad
+        }
+        actor = [p for k, p in params.items() if not k.startswith("critic.")]
+        critics = [p for k, p in params.items() if k.startswith("critic.")]
+        opts = []
+        for group in (actor, critics):
+            opt = torch.optim.SGD(group, lr=1.0) if group else None
+            opts += [opt, opt and torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)]
+        s.opts = Optimisers(*opts)
+        before = {k: p.detach().clone() for k, p in params.items()}
+        train_step(s, 1)
+        moves[name] = {k: p.detach() - before[k] for k, p in params.items()}
+    assert moves["packed"].keys() == moves["padded"].keys()
+    assert any(m.abs().max() > 0 for m in moves["padded"].values())
+    for k, m in moves["padded"].items():
+        assert torch.allclose(moves["packed"][k], m, atol=1e-5), k

@@ -7,7 +7,7 @@ then validated: an unknown key or a bad value fails at load time with the field'
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -21,6 +21,9 @@ from pydantic import (
 )
 
 from arlkit.errors import ArlkitError
+
+if TYPE_CHECKING:
+    from arlkit.models.packing import MicroBatching
 
 
 class _Section(BaseModel):
@@ -144,7 +147,17 @@ class AlgoConfig(_Section):
     epochs: int = Field(1, gt=0)  # passes over each rollout batch
     mini_batches: int = Field(1, gt=0)  # optimizer steps per epoch
     micro_batch_size: int = Field(32, gt=0)  # rows per forward (gradient accumulation)
+    # forward tokens per micro-batch (packed: the sum of lengths; padded: rows × the longest), which is what
+    # bounds activation memory; None: micro_batch_size rows in batch order
+    micro_batch_tokens: int | None = Field(8192, gt=0)
+    packing: bool = True  # padding-free forwards (models/packing.py): same values, fewer tokens
     grad_clip: float = Field(1.0, gt=0)
+
+    @property
+    def micro_batching(self) -> MicroBatching:
+        from arlkit.models.packing import MicroBatching
+
+        return MicroBatching(self.micro_batch_size, self.micro_batch_tokens, self.packing)
 
     @field_validator("advantage", "policy_loss", "aggregation", "kl_estimator")
     @classmethod

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from arlkit.models.forward import TokenStats
+from arlkit.models.forward import TokenStats, shift_values, token_logprobs
+from arlkit.models.routing import routing
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class PackedLayout:
         out = flat.new_zeros((self.batch_shape[0] * self.batch_shape[1], *packed.shape[2:]))
         out[self.src] = flat[self.dst]
         return out.reshape(*self.batch_shape, *packed.shape[2:])
+
+    def pack_like(self, padded: torch.Tensor, fill: int = 0) -> torch.Tensor:
+        """(B, T) per padded position -> (R, W) per packed position (`fill` where no token is): the inverse."""
+        out = padded.new_full(self.input_ids.shape, fill).reshape(-1)
+        out[self.dst] = padded.reshape(-1)[self.src]
+        return out.reshape(self.input_ids.shape)
 
 
 def first_fit_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
@@ -87,12 +94,21 @@ def packed_token_logprobs(
     attention_mask: torch.Tensor,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    with_hidden: bool = False,
+    routes: torch.Tensor | None = None,
 ) -> TokenStats:
     """`token_logprobs` computed on packed rows: the same (B, T) outputs, token-aligned (entry t is about
-    token t predicted from c_<t; entry 0 and padding are 0), for fewer forward tokens."""
+    token t predicted from c_<t; entry 0 and padding are 0), for fewer forward tokens. `hidden` is per
+    position, as `token_logprobs` gives it; `routes` (B, T) are packed alongside the ids."""
     lay = pack(input_ids, attention_mask)
-    logits = model(input_ids=lay.input_ids, position_ids=lay.position_ids, use_cache=False).logits
-    logits = logits[:, :-1].float()  # (R, W-1, V): position t predicts packed position t+1
+    with routing(model, None if routes is None else lay.pack_like(routes.to(input_ids.device))):
+        out = model(
+            input_ids=lay.input_ids,
+            position_ids=lay.position_ids,
+            use_cache=False,
+            output_hidden_states=with_hidden,
+        )
+    logits = out.logits[:, :-1].float()  # (R, W-1, V): position t predicts packed position t+1
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)
@@ -105,7 +121,8 @@ def packed_token_logprobs(
         at_pos = lay.unpack(F.pad(x, (0, 1)))  # (B, T): entry t predicts token t+1 (garbage at each end)
         shifted = F.pad(at_pos[:, :-1], (1, 0))  # entry t is about token t; a sequence's end falls on padding
         aligned.append(shifted * attention_mask)
-    return TokenStats(logprobs=aligned[0], entropies=aligned[1] if with_entropy else None)
+    hidden = lay.unpack(out.hidden_states[-1]) if with_hidden else None
+    return TokenStats(aligned[0], aligned[1] if with_entropy else None, hidden)
 
 
 def plan_micro_batches(
@@ -128,3 +145,41 @@ def plan_micro_batches(
         cur.append(i)
         used += lengths[i]
     return [*out, cur] if cur else out
+
+
+@dataclass(frozen=True)
+class MicroBatching:
+    """How the trainer cuts a batch into forwards: at most `rows` sequences and `tokens` forward tokens each
+    (`plan_micro_batches`), computed packed or padded. The one place the update's forwards go through."""
+
+    rows: int
+    tokens: int | None = None  # None: `rows` sequences per forward, in batch order
+    packed: bool = False
+
+    def split(self, index: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Micro-batches of the batch rows `index` (B',) long; attention_mask: the whole batch's (B, T)."""
+        if self.tokens is None:
+            return list(index.split(self.rows))  # rows only, in the given order
+        lengths = attention_mask[index].sum(-1).tolist()
+        return [index[plan] for plan in plan_micro_batches(lengths, self.tokens, self.rows, self.packed)]
+
+    def token_stats(
+        self,
+        model: torch.nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
+        with_hidden: bool = False,
+        routes: torch.Tensor | None = None,
+    ) -> TokenStats:
+        fn = packed_token_logprobs if self.packed else token_logprobs
+        return fn(model, input_ids, attention_mask, temperature, with_entropy, with_hidden, routes)
+
+    def critic_values(self, critic: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """(B, T) aligned values of a separate critic (`SeparateCritic`: a token-classification model)."""
+        if not self.packed:
+            return critic(input_ids, attention_mask)
+        lay = pack(input_ids, attention_mask)
+        out = critic.model(input_ids=lay.input_ids, position_ids=lay.position_ids, use_cache=False)
+        return shift_values(lay.unpack(out.logits.float().squeeze(-1)))
