@@ -240,3 +240,66 @@ def test_branch_resumes_inside_a_turn(model, task, tokenizer, make_env, rows) ->
     out = ContinuousEngine(model, tokenizer.pad_token_id, seed=5).run(branches, hot)
     assert all(b.traj.token_ids[: pos + 1] == t.token_ids[: pos + 1] for b in out)
     assert len({tuple(b.traj.token_ids) for b in out}) > 1
+
+
+def test_resume_turn_regenerates_a_whole_turn(model, task, tokenizer, make_env, rows) -> None:
+    (done,) = ContinuousEngine(model, tokenizer.pad_token_id).run(
+        _episodes(task, tokenizer, make_env, rows[:1]), GREEDY
+    )
+    t = done.traj
+    again = done.resume_turn(2)
+    assert again.context_ids() == t.token_ids[: t.turns[2].start] and again.partial.ids == []
+    assert again.env.snapshot().turns == 2 and again.traj.n_turns == 2
+    with pytest.raises(ArlkitError, match="turn 9 does not exist"):
+        done.resume_turn(9)
+    (out,) = ContinuousEngine(model, tokenizer.pad_token_id).run([again], GREEDY)
+    assert out.traj.token_ids == t.token_ids  # greedy: the same turn 2 and what follows
+
+
+def _routed(model, kind: str):
+    from arlkit.models.routing import TwoAgentModel, apply_dart
+
+    torch.manual_seed(2)
+    if kind == "two_agent":
+        other = Qwen2ForCausalLM(model.config).eval()  # a second, different random model
+        return TwoAgentModel(copy.deepcopy(model), other).eval()
+    dart = apply_dart(copy.deepcopy(model), rank=4)
+    for name, p in dart.named_parameters():
+        if "lora_B" in name:  # B starts at 0; make each adapter change the outputs
+            p.data.normal_(0, 0.3)
+    return dart.eval()
+
+
+@pytest.mark.parametrize("kind", ["dart", "two_agent"])
+def test_routed_policy_generates_as_it_is_trained(model, task, tokenizer, make_env, rows, kind) -> None:
+    """A role-routed policy (METHODS.md §6) routes each position by the role of the next token while
+    generating, exactly as the trainer's forward does: recorded logprobs equal the training recomputation."""
+    from arlkit.models.packing import MicroBatching
+    from arlkit.rollout.backends import make_runner
+    from arlkit.train.update import batch_logprobs
+    from arlkit.trajectory import Role, collate
+
+    routed = _routed(model, kind)
+    ep = Episode(make_env(), tokenizer, rows[0], 0, GREEDY)
+    call_open, call_close = (tokenizer.convert_tokens_to_ids(x) for x in ("<tool_call>", "</tool_call>"))
+    ep.advance([*tokenizer.encode("Hm", add_special_tokens=False), call_open, 7, 8, 9, call_close])
+    start = ep.traj.turns[0].start
+    branch = ep.branch(start + 3)  # inside the call: generation resumes in an ACTION span
+    hot = RolloutParams(max_turns=3, max_new_tokens=10, max_length=400, temperature=1.0)
+    branch.params = hot
+    (out,) = make_runner("engine", routed, tokenizer.pad_token_id, seed=4).run([branch], hot)
+    t = out.traj
+    gen = torch.tensor([i > start + 3 and r in GENERATED_ROLES for i, r in enumerate(t.roles)])
+    roles = torch.tensor(t.roles)
+    assert (roles[gen] == Role.ACTION).any() and (roles[gen] == Role.REASONING).any()  # both routes ran
+    batch = collate([t], tokenizer.pad_token_id)
+    want = batch_logprobs(routed, batch, 1.0, MicroBatching(8), routing={"answer_adapter": "reasoning"})[0]
+    got = torch.tensor(t.logprobs)
+    assert torch.allclose(got[gen], want[gen], atol=1e-4)
+    # and routing matters: every position through the reasoning route gives other logprobs
+    plain = token_logprobs(
+        routed, batch.input_ids, batch.attention_mask, routes=torch.zeros_like(batch.roles)
+    )
+    assert not torch.allclose(got[gen], plain.logprobs[0][gen], atol=1e-3)
+    with pytest.raises(ArlkitError, match=r"needs rollout\.backend=engine"):
+        make_runner("hf", routed, tokenizer.pad_token_id)

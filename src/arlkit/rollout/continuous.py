@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 import torch
 
 from arlkit.errors import ArlkitError
+from arlkit.models.routing import is_routed, route_of_role, routing
 from arlkit.rollout.cuda_graph import StaticDecoder
 from arlkit.rollout.engine import Episode, RolloutParams, SpawnFn, sampling_params
 from arlkit.rollout.generator import SamplingParams, sample_next
 from arlkit.rollout.kv_cache import Layout, SlotCache, model_dims, window_mask
+from arlkit.trajectory import generated_roles
 
 DECODE_MODES = ("dynamic", "static", "cuda_graph")
 
@@ -43,6 +45,16 @@ class _Slot:
     gen_ids: list[int] = field(default_factory=list)
     gen_lp: list[float] = field(default_factory=list)
     gen_ent: list[float] = field(default_factory=list)
+    roles: list[int] | None = None  # routed policies: the role of each of `ids`, then of the next id
+
+
+def _new_slot(ep: Episode, n_cached: int, donor: Episode | None, routed: bool) -> _Slot:
+    ids = ep.context_ids()
+    roles = None
+    if routed:  # a role depends on the ids before it only: the next id's is known before it is sampled
+        turn = generated_roles([*ep.partial.ids, 0], ep.delims)
+        roles = [*ep.traj.roles, *(int(r) for r in turn)]
+    return _Slot(ep, ids, n_cached, ep.turn_budget(), donor, roles=roles)
 
 
 class ContinuousEngine:
@@ -64,10 +76,13 @@ class ContinuousEngine:
         seed: int = 0,
         prefill_tokens: int = 8192,
         decode: str = "dynamic",
+        answer_adapter: str = "reasoning",
     ):
         if decode not in DECODE_MODES:
             raise ArlkitError(f"engine decode mode {decode!r} is not one of {', '.join(DECODE_MODES)}")
         self.decode_mode = decode
+        # a role-routed policy (DART, 2-Agent): each position runs the adapter of the next token's role
+        self.routed, self.answer_adapter = is_routed(model), answer_adapter
         self.static: StaticDecoder | None = None
         self.model, self.pad_id = model, pad_id
         self.max_slots, self.prefill_tokens = max_slots, prefill_tokens
@@ -144,7 +159,7 @@ class ContinuousEngine:
                     ep.finish("context_length")  # a prompt that leaves no room to generate
                     continue
                 donor = ep.donor if ep.donor is not None and id(ep.donor) in resident else None
-                slots[i] = _Slot(ep, ep.context_ids(), 0, ep.turn_budget(), donor)
+                slots[i] = _new_slot(ep, 0, donor, self.routed)
                 resident.add(id(ep))
 
     def _prefill(self, slots: list[_Slot | None]) -> None:
@@ -197,21 +212,31 @@ class ContinuousEngine:
             kv_len=max(len(slots[i].ids) - 1 for i in rows),
             rows_are_prefix=False,
         )
-        self._forward(ids.to(dev), pos.to(dev), layout)
+        routes = None
+        if self.routed:  # position p computes the logits of id p + 1
+            routes = torch.zeros((B, width), dtype=torch.long)
+            for b, i in enumerate(rows):
+                s = slots[i]
+                nxt = s.roles[s.n_cached + 1 : len(s.ids)]
+                routes[b, : len(nxt)] = torch.tensor([route_of_role(r, self.answer_adapter) for r in nxt])
+        self._forward(ids.to(dev), pos.to(dev), layout, routes)
         for i in rows:
             slots[i].n_cached = len(slots[i].ids) - 1
 
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, layout: Layout) -> torch.Tensor:
+    def _forward(
+        self, ids: torch.Tensor, pos: torch.Tensor, layout: Layout, routes: torch.Tensor | None
+    ) -> torch.Tensor:
         """One model forward over the pool; returns the last position's logits (B, V)."""
         self.cache.bind(layout)
-        out = self.model(
-            input_ids=ids,
-            position_ids=pos,
-            attention_mask=window_mask(pos, layout.kv_len, self.dtype),
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        with routing(self.model, None if routes is None else routes.to(ids.device)):
+            out = self.model(
+                input_ids=ids,
+                position_ids=pos,
+                attention_mask=window_mask(pos, layout.kv_len, self.dtype),
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         return out.logits[:, -1]
 
     def _decode(
@@ -231,14 +256,18 @@ class ContinuousEngine:
         write = [slots[i].n_cached if slots[i] else scratch for i in rows]
         left = [slots[i].budget - len(slots[i].gen_ids) if slots[i] else 1 for i in rows]
         dev = self.device
+        routes = None
+        if self.routed:
+            nxt = [slots[i].roles[-1] if slots[i] else 0 for i in rows]
+            routes = torch.tensor([[route_of_role(r, self.answer_adapter)] for r in nxt])  # (B, 1)
         if self.static is not None:
-            logits = self.static(ids, pos, write)
+            logits = self.static(ids, pos, write, routes)
         else:
             slot_t = torch.tensor(rows, device=dev)
             pos_t = torch.tensor(pos, device=dev)[:, None]  # (B, 1)
             write_t = torch.tensor(write, device=dev)
             layout = Layout(slot_t, slot_t, write_t, None, max(pos) + 1, rows_are_prefix=len(rows) == hi)
-            logits = self._forward(torch.tensor(ids, device=dev)[:, None], pos_t, layout)
+            logits = self._forward(torch.tensor(ids, device=dev)[:, None], pos_t, layout, routes)
         tok, lp, ent = sample_next(logits, sampling.temperature, sampling.top_p, self.rng)
         stopped = torch.isin(tok, stop_ids)
         ended = stopped | (torch.tensor(left, device=dev) <= 1)  # this id used the turn's last place
@@ -253,6 +282,9 @@ class ContinuousEngine:
             s.gen_ids.append(tok_l[b])
             s.gen_lp.append(lp_l[b])
             s.gen_ent.append(ent_l[b])
+            if s.roles is not None:
+                turn = [*s.ep.partial.ids, *s.gen_ids, 0]
+                s.roles.append(int(generated_roles(turn, s.ep.delims)[-1]))  # the next id's role
             if end_l[b]:
                 finished.append((i, "stop" if stop_l[b] else "length"))
         return finished
@@ -269,7 +301,7 @@ class ContinuousEngine:
             return []
         ids = ep.context_ids()
         assert ids[: s.n_cached] == s.ids[: s.n_cached], "an episode's context changed under its cache"
-        slots[i] = _Slot(ep, ids, s.n_cached, ep.turn_budget())
+        slots[i] = _new_slot(ep, s.n_cached, None, self.routed)
         return spawn(ep) if spawn is not None else []
 
 

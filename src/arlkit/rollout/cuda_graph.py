@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from arlkit.models.routing import is_routed, routing
 from arlkit.rollout.kv_cache import Layout, SlotCache, window_mask
 
 
@@ -27,6 +28,8 @@ class StaticDecoder:
         self.pos = torch.zeros((S, 1), dtype=torch.long, device=dev)
         self.write = torch.zeros((S,), dtype=torch.long, device=dev)
         self.mask = torch.zeros((S, 1, 1, cache.max_len), dtype=self.dtype, device=dev)
+        self.routes = torch.zeros((S, 1), dtype=torch.long, device=dev)  # read by a routed policy only
+        self.routed = is_routed(model)
         slots = torch.arange(S, device=dev)
         self.layout = Layout(slots, slots, self.write, None, cache.max_len, rows_are_prefix=True)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -34,14 +37,15 @@ class StaticDecoder:
 
     def _forward(self) -> torch.Tensor:
         self.cache.bind(self.layout)
-        out = self.model(
-            input_ids=self.ids,
-            position_ids=self.pos,
-            attention_mask=self.mask,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        with routing(self.model, self.routes if self.routed else None):
+            out = self.model(
+                input_ids=self.ids,
+                position_ids=self.pos,
+                attention_mask=self.mask,
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         return out.logits[:, -1]
 
     def _capture(self) -> None:
@@ -56,13 +60,17 @@ class StaticDecoder:
             self.logits = self._forward()
 
     @torch.no_grad()
-    def __call__(self, ids: list[int], pos: list[int], write: list[int]) -> torch.Tensor:
-        """ids, pos, write: one entry per slot (input id, its position, where its key goes)."""
+    def __call__(
+        self, ids: list[int], pos: list[int], write: list[int], routes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """ids, pos, write: one entry per slot (input id, its position, where its key goes); routes (S, 1)."""
         dev = self.ids.device
         self.ids.copy_(torch.tensor(ids, device=dev)[:, None])
         self.pos.copy_(torch.tensor(pos, device=dev)[:, None])
         self.write.copy_(torch.tensor(write, device=dev))
         self.mask.copy_(window_mask(self.pos, self.cache.max_len, self.dtype))
+        if routes is not None:
+            self.routes.copy_(routes)
         if not self.capture:
             return self._forward()
         if self.graph is None:

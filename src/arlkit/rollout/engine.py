@@ -174,20 +174,38 @@ class Episode:
         t = self.traj
         if not 0 <= pos < len(t) or t.roles[pos] not in GENERATED_ROLES:
             raise ArlkitError(f"branch position {pos} is not a generated token of this trajectory")
-        k = t.turn[pos]
-        start, ckpt = t.turns[k].start, self._checkpoints[k]
+        new = self._resume(t.turn[pos], pos + 1)
+        new.traj.branch_pos = pos
+        return new
+
+    def resume_turn(self, k: int) -> Episode:
+        """A new episode that keeps everything before turn k and generates turn k anew (ARPO's branch after
+        a tool response, arXiv 2507.19849).
+
+        Raises:
+            ArlkitError: this episode has no turn k.
+        """
+        if not 0 <= k < self.traj.n_turns:
+            raise ArlkitError(f"turn {k} does not exist: the trajectory has {self.traj.n_turns} turns")
+        new = self._resume(k, self.traj.turns[k].start)
+        new.traj.branch_pos = new.donor_len - 1
+        return new
+
+    def _resume(self, k: int, keep: int) -> Episode:
+        """An episode at turn k's start (env, messages, text as they were), whose ids are this one's first
+        `keep` ids: the turn's ids before `keep` become the partial turn."""
+        t, ckpt = self.traj, self._checkpoints[k]
+        start = t.turns[k].start
         new = copy.copy(self)
         new.env = _copy_env(self.env, ckpt.env)
         new.messages = [dict(m) for m in self.messages[: ckpt.n_messages]]
         new.text = self.text[: ckpt.n_text]
         new.traj = t.truncated(start)
-        new.traj.metadata, new.traj.reward, new.traj.branch_pos = self._initial_metadata(), 0.0, pos
-        new.partial = PartialTurn(
-            t.token_ids[start : pos + 1], t.logprobs[start : pos + 1], t.entropies[start : pos + 1]
-        )
+        new.traj.metadata, new.traj.reward = self._initial_metadata(), 0.0
+        new.partial = PartialTurn(t.token_ids[start:keep], t.logprobs[start:keep], t.entropies[start:keep])
         new.done = False
         new._checkpoints = self._checkpoints[: k + 1]
-        new.donor, new.donor_len = self, pos + 1
+        new.donor, new.donor_len = self, keep
         return new
 
 

@@ -161,6 +161,7 @@ def setup(cfg: Config, console: Console) -> Setup:
             seed=cfg.train.seed,
             prefill_tokens=cfg.rollout.prefill_tokens,
             cuda_graphs=cfg.rollout.cuda_graphs,
+            routing=policy.routing,
         ),
         opts=build_optimisers(cfg, policy),
         run=run,
