@@ -49,26 +49,30 @@ def matmul_peak_gflops(device: str, dtype: torch.dtype, seconds: float = 1.5) ->
 
 
 def load_model(spec: str, device: str, dtype: str) -> tuple[torch.nn.Module, Any, Any]:
-    """(model, tokenizer, task) for "tiny" (the demo's cached base), "qwen2-0.5b" (that architecture with
-    random weights and the tiny tokenizer) or a local model folder (with the default toywiki task)."""
+    """(model, tokenizer, task) for "tiny" (the demo's cached base, built if missing), "qwen2-0.5b" (that
+    architecture with random weights and the tiny base's tokenizer) or a local model folder; the task is
+    the demo's toywiki world and format."""
     from arlkit.models.loading import DTYPES, load_policy
     from arlkit.models.tiny import TinyRecipe, ensure_base
     from arlkit.tasks import ToyWikiTask
 
-    task = ToyWikiTask()  # the demo's world and format
+    task = ToyWikiTask()
+    if spec not in ("tiny", "qwen2-0.5b"):
+        policy = load_policy(Path(spec), dtype, device)
+        return policy.model.eval(), policy.tokenizer, task
     base = ensure_base(TinyRecipe(task=task))
-    if spec == "qwen2-0.5b":
-        from transformers import Qwen2Config, Qwen2ForCausalLM
+    if spec == "tiny":
+        policy = load_policy(base, dtype, device)
+        return policy.model.eval(), policy.tokenizer, task
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-        tok = load_policy(base, device="cpu").tokenizer
-        cfg = Qwen2Config(
-            vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **QWEN2_05B
-        )
-        torch.manual_seed(0)
-        model = Qwen2ForCausalLM(cfg).to(device=device, dtype=DTYPES[dtype]).eval()
-        return model, tok, task
-    policy = load_policy(base if spec == "tiny" else Path(spec), dtype, device)
-    return policy.model.eval(), policy.tokenizer, task
+    tok = load_policy(base, device="cpu").tokenizer
+    cfg = Qwen2Config(
+        vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **QWEN2_05B
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).to(device=device, dtype=DTYPES[dtype]).eval()
+    return model, tok, task
 
 
 def flops_per_token(model: torch.nn.Module, mean_context: float) -> float:

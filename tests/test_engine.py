@@ -112,20 +112,27 @@ def test_model_generate_baseline_gives_the_same_ids(model, tokenizer, make_env, 
 def test_engine_prefills_each_id_once_and_copies_shared_prompts(
     model, tokenizer, make_env, rows, monkeypatch
 ) -> None:
-    written = []
+    written, decode_views = [], []
     bind = SlotCache.bind
 
     def counting_bind(self, layout) -> None:  # positions written by a forward, idle rows' scratch excluded
         written.append(int((layout.write_pos < self.max_len - 1).sum()))
+        if layout.valid is None:  # a decode step
+            decode_views.append(layout.rows_are_prefix)
         bind(self, layout)
 
     monkeypatch.setattr(SlotCache, "bind", counting_bind)
-    trajs = _run(ContinuousEngine(model, tokenizer.pad_token_id, max_slots=15), tokenizer, make_env, rows)
+    engine = ContinuousEngine(model, tokenizer.pad_token_id, max_slots=15)
+    trajs = _run(engine, tokenizer, make_env, rows)
     # Every id of a trajectory but its last is fed to the model exactly once (the last sampled id is never
     # fed), except what a group's 2nd and 3rd samples copy from the 1st: their prompt minus its last id.
     prompt_len = [t.roles.count(0) for t in trajs]
     copied = sum(prompt_len[i] - 1 for i in range(len(trajs)) if i % 3 != 0)
     assert sum(written) == sum(len(t) - 1 for t in trajs) - copied
+    st = engine.stats
+    assert (st.prefill_tokens + st.decode_tokens, st.copied_tokens) == (sum(written), copied)
+    # finished episodes leave holes that are closed, so every decode step reads a prefix of the pool
+    assert len(decode_views) == st.steps and all(decode_views)
     # history is never prefilled again: the HF reference feeds each turn's whole context
     n_ref = sum(t.turns[k].start for t in trajs for k in range(t.n_turns))
     assert sum(written) < n_ref / 2

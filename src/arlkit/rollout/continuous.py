@@ -34,6 +34,17 @@ DECODE_MODES = ("dynamic", "static", "cuda_graph")
 
 
 @dataclass
+class EngineStats:
+    """Token counts of the last run: what the model computed, and what it did not have to."""
+
+    prefill_tokens: int = 0  # ids prefilled (prompts, observations)
+    prefill_padded: int = 0  # the same with the padding of their forwards
+    decode_tokens: int = 0  # ids fed by decode steps (one per resident episode per step)
+    copied_tokens: int = 0  # positions copied from donors instead of prefilled
+    steps: int = 0  # decode steps
+
+
+@dataclass
 class _Slot:
     """One resident episode. Invariant between steps: ids[:n_cached] are in the cache, n_cached < len(ids)."""
 
@@ -91,6 +102,7 @@ class ContinuousEngine:
         self.device, self.dtype = emb.device, emb.dtype
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
         self.cache: SlotCache | None = None
+        self.stats = EngineStats()
 
     @torch.no_grad()
     def run(
@@ -98,6 +110,7 @@ class ContinuousEngine:
     ) -> list[Episode]:
         out = list(episodes)
         waiting = deque(e for e in out if not e.done)
+        self.stats = EngineStats()
         if not waiting:
             return out
         sampling = sampling_params(params, waiting[0])
@@ -115,6 +128,8 @@ class ContinuousEngine:
                     forks = self._end_turn(slots, i, reason, spawn)
                     waiting.extendleft(reversed(forks))  # first, while their donor is resident
                     out += forks
+                if not waiting:
+                    self._compact(slots)
         finally:
             self.model.train(was_training)
         return out
@@ -150,6 +165,18 @@ class ContinuousEngine:
         if self.decode_mode != "dynamic":
             self.static = StaticDecoder(self.model, self.cache, capture=self.decode_mode == "cuda_graph")
 
+    def _compact(self, slots: list[_Slot | None]) -> None:
+        """Move the highest resident episodes down into free slots, so that the decode rows are a prefix of
+        the pool, read through a view: no idle rows computed, no windows gathered (the tail of a run)."""
+        while True:
+            live = [i for i, s in enumerate(slots) if s is not None]
+            free = [i for i, s in enumerate(slots[: live[-1]] if live else []) if s is None]
+            if not free:
+                return
+            src, dst = live[-1], free[0]
+            self.cache.copy_prefix(src, dst, slots[src].n_cached)
+            slots[dst], slots[src] = slots[src], None
+
     def _admit(self, slots: list[_Slot | None], waiting: deque[Episode]) -> None:
         resident = {id(s.ep) for s in slots if s is not None}
         for i in range(len(slots)):
@@ -180,6 +207,7 @@ class ContinuousEngine:
                     s.ids, slots[j].ids, min(slots[j].n_cached, s.ep.donor_len, len(s.ids) - 1)
                 )
                 self.cache.copy_prefix(j, i, n)
+                self.stats.copied_tokens += n
                 s.n_cached, s.donor = n, None
             pending = [i for i in pending if slots[i].donor is not None]
 
@@ -193,6 +221,8 @@ class ContinuousEngine:
 
     def _prefill_group(self, slots: list[_Slot | None], rows: list[int], width: int) -> None:
         B = len(rows)
+        self.stats.prefill_tokens += sum(_uncached(slots[i]) for i in rows)
+        self.stats.prefill_padded += B * width
         ids = torch.full((B, width), self.pad_id, dtype=torch.long)
         valid = torch.zeros((B, width), dtype=torch.bool)
         start = torch.tensor([slots[i].n_cached for i in rows])
@@ -246,10 +276,11 @@ class ContinuousEngine:
         live = [i for i, s in enumerate(slots) if s is not None]
         if not live:
             return []
-        hi = len(slots) if self.static is not None else live[-1] + 1
-        # Rows 0..hi-1 read the pool through a view; idle rows among them cost compute but copy nothing. When
-        # most of that range is idle (the tail of a run), gather only the live rows' windows instead.
-        rows = list(range(hi)) if 2 * len(live) >= hi or self.static is not None else live
+        # live rows are slots 0..n-1 (admission fills the lowest free slots, `_compact` closes holes), read
+        # through a view; otherwise their windows are gathered. The static step runs every slot.
+        rows = list(range(len(slots))) if self.static is not None else live
+        self.stats.decode_tokens += len(live)
+        self.stats.steps += 1
         scratch = self.cache.max_len - 1
         ids = [slots[i].ids[-1] if slots[i] else self.pad_id for i in rows]
         pos = [slots[i].n_cached if slots[i] else 0 for i in rows]
@@ -266,7 +297,8 @@ class ContinuousEngine:
             slot_t = torch.tensor(rows, device=dev)
             pos_t = torch.tensor(pos, device=dev)[:, None]  # (B, 1)
             write_t = torch.tensor(write, device=dev)
-            layout = Layout(slot_t, slot_t, write_t, None, max(pos) + 1, rows_are_prefix=len(rows) == hi)
+            prefix = rows[-1] == len(rows) - 1
+            layout = Layout(slot_t, slot_t, write_t, None, max(pos) + 1, rows_are_prefix=prefix)
             logits = self._forward(torch.tensor(ids, device=dev)[:, None], pos_t, layout, routes)
         tok, lp, ent = sample_next(logits, sampling.temperature, sampling.top_p, self.rng)
         stopped = torch.isin(tok, stop_ids)
