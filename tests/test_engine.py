@@ -102,6 +102,8 @@ def test_greedy_engine_equals_turn_by_turn_generator(
     engine = ContinuousEngine(model, tokenizer.pad_token_id, max_slots=7, decode=decode)
     _assert_same(_run(engine, tokenizer, make_env, rows), reference)
     assert engine.cache.max_len == GREEDY.max_length + 1  # grew from 257 positions as episodes lengthened
+    # a later, smaller run reuses the pool (static: all 7 slots run, 3 of them live)
+    _assert_same(_run(engine, tokenizer, make_env, rows[:3]), reference[:3])
 
 
 def test_model_generate_baseline_gives_the_same_ids(model, tokenizer, make_env, rows, reference) -> None:

@@ -72,11 +72,12 @@ class ContinuousEngine:
     """EpisodeRunner over a transformers causal LM (or a peft wrapper of one) with per-episode KV caches.
 
     max_slots: episodes resident at once, i.e. rows per decode forward. prefill_tokens: padded tokens per
-    prefill forward (bounds activation memory). The cache (per layer: slots × positions × kv heads × head dim)
-    is allocated on first use, kept for later runs, and grows its positions by doubling as episodes lengthen,
-    up to max_length + 1, so short episodes do not pay for the longest possible one. decode: "dynamic" (rows and key window sized to the
-    live episodes), "static" (all slots, all positions: fixed shapes) or "cuda_graph" (static, captured once
-    and replayed; GPU only, see rollout/cuda_graph.py).
+    prefill forward (bounds activation memory). The cache (per layer: slots × positions × kv heads × head
+    dim) is allocated on first use, kept for later runs, and grows its positions by doubling as episodes
+    lengthen, up to max_length + 1, so short episodes do not pay for the longest possible one.
+    decode: "dynamic" (rows and key window sized to the live episodes), "static" (all slots, all positions:
+    fixed shapes) or "cuda_graph" (static, captured once and replayed; GPU only, see rollout/cuda_graph.py).
+    answer_adapter: for a role-routed policy (models/routing.py), which adapter computes ANSWER tokens.
     """
 
     def __init__(
@@ -115,8 +116,11 @@ class ContinuousEngine:
             return out
         sampling = sampling_params(params, waiting[0])
         stop_ids = torch.tensor(sorted(set(sampling.stop_token_ids)) or [-1], device=self.device)
-        slots: list[_Slot | None] = [None] * min(self.max_slots, len(waiting))
-        self._ensure_cache(len(slots), params.max_length + 1)
+        n_slots = min(self.max_slots, len(waiting))
+        self._ensure_cache(n_slots, params.max_length + 1)
+        if self.static is not None:  # fixed shapes: every slot of the (possibly larger, reused) pool is a row
+            n_slots = self.cache.n_slots
+        slots: list[_Slot | None] = [None] * n_slots
         was_training = self.model.training
         self.model.eval()
         try:
@@ -200,7 +204,7 @@ class ContinuousEngine:
         pending = [i for i, s in enumerate(slots) if s is not None and s.donor is not None]
         while pending:  # a donor may itself wait for a copy (a fork of a fork): copy in dependency order
             ready = [i for i in pending if slots[where[id(slots[i].donor)]].donor is None]
-            for i in ready or pending:  # a cycle cannot occur; `or pending` only guards against looping
+            for i in ready or pending:  # donors are admitted before their recipients: no cycles
                 s = slots[i]
                 j = where[id(s.donor)]
                 n = _shared_prefix(
@@ -281,28 +285,11 @@ class ContinuousEngine:
         rows = list(range(len(slots))) if self.static is not None else live
         self.stats.decode_tokens += len(live)
         self.stats.steps += 1
-        scratch = self.cache.max_len - 1
-        ids = [slots[i].ids[-1] if slots[i] else self.pad_id for i in rows]
-        pos = [slots[i].n_cached if slots[i] else 0 for i in rows]
-        write = [slots[i].n_cached if slots[i] else scratch for i in rows]
-        left = [slots[i].budget - len(slots[i].gen_ids) if slots[i] else 1 for i in rows]
-        dev = self.device
-        routes = None
-        if self.routed:
-            nxt = [slots[i].roles[-1] if slots[i] else 0 for i in rows]
-            routes = torch.tensor([[route_of_role(r, self.answer_adapter)] for r in nxt])  # (B, 1)
-        if self.static is not None:
-            logits = self.static(ids, pos, write, routes)
-        else:
-            slot_t = torch.tensor(rows, device=dev)
-            pos_t = torch.tensor(pos, device=dev)[:, None]  # (B, 1)
-            write_t = torch.tensor(write, device=dev)
-            prefix = rows[-1] == len(rows) - 1
-            layout = Layout(slot_t, slot_t, write_t, None, max(pos) + 1, rows_are_prefix=prefix)
-            logits = self._forward(torch.tensor(ids, device=dev)[:, None], pos_t, layout, routes)
+        logits = self._decode_logits(slots, rows)
         tok, lp, ent = sample_next(logits, sampling.temperature, sampling.top_p, self.rng)
+        left = [slots[i].budget - len(slots[i].gen_ids) if slots[i] else 1 for i in rows]
         stopped = torch.isin(tok, stop_ids)
-        ended = stopped | (torch.tensor(left, device=dev) <= 1)  # this id used the turn's last place
+        ended = stopped | (torch.tensor(left, device=self.device) <= 1)  # this id took the turn's last place
         tok_l, lp_l, ent_l, stop_l, end_l = (x.tolist() for x in (tok, lp, ent, stopped, ended))
         finished = []
         for b, i in enumerate(rows):
@@ -320,6 +307,25 @@ class ContinuousEngine:
             if end_l[b]:
                 finished.append((i, "stop" if stop_l[b] else "length"))
         return finished
+
+    def _decode_logits(self, slots: list[_Slot | None], rows: list[int]) -> torch.Tensor:
+        """Logits (B, V) of the next id of each row: its last id, fed at its own position. Idle rows (static
+        step only) feed a pad id at position 0 and write to the scratch position."""
+        ids = [slots[i].ids[-1] if slots[i] else self.pad_id for i in rows]
+        pos = [slots[i].n_cached if slots[i] else 0 for i in rows]
+        write = [slots[i].n_cached if slots[i] else self.cache.max_len - 1 for i in rows]
+        routes = None
+        if self.routed:
+            nxt = [slots[i].roles[-1] if slots[i] else 0 for i in rows]
+            routes = torch.tensor([[route_of_role(r, self.answer_adapter)] for r in nxt])  # (B, 1)
+        if self.static is not None:
+            return self.static(ids, pos, write, routes)
+        dev = self.device
+        slot_t = torch.tensor(rows, device=dev)
+        prefix = rows[-1] == len(rows) - 1
+        layout = Layout(slot_t, slot_t, torch.tensor(write, device=dev), None, max(pos) + 1, prefix)
+        pos_t = torch.tensor(pos, device=dev)[:, None]  # (B, 1)
+        return self._forward(torch.tensor(ids, device=dev)[:, None], pos_t, layout, routes)
 
     def _end_turn(
         self, slots: list[_Slot | None], i: int, reason: str, spawn: SpawnFn | None
