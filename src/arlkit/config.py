@@ -7,7 +7,7 @@ then validated: an unknown key or a bad value fails at load time with the field'
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -23,6 +23,9 @@ from pydantic import (
 )
 
 from arlkit.errors import ArlkitError
+
+if TYPE_CHECKING:
+    from arlkit.models.packing import MicroBatching
 
 
 class _Section(BaseModel):
@@ -190,7 +193,12 @@ class RolloutConfig(_Section):
     max_new_tokens: int = Field(48, gt=0)  # per turn
     max_length: int = Field(1024, gt=16)  # whole episode, prompt included
     eval_temperature: float = Field(0.0, ge=0)  # same for base and trained policy; 0 = greedy
-    max_batch: int = Field(256, gt=0)  # rows per generation forward
+    max_batch: int = Field(256, gt=0)  # rows per generation forward (the engine's resident episodes)
+    backend: Literal["engine", "hf"] = (
+        "engine"  # engine: KV caches kept across turns; hf: re-prefill each turn
+    )
+    prefill_tokens: int = Field(8192, gt=0)  # engine: padded tokens per prefill forward (activation memory)
+    cuda_graphs: bool = False  # engine on a GPU: decode with a static cache captured in a CUDA graph
 
 
 class AlgoConfig(_Section):
@@ -232,7 +240,17 @@ class AlgoConfig(_Section):
     epochs: int = Field(1, gt=0)  # passes over each rollout batch
     mini_batches: int = Field(1, gt=0)  # optimizer steps per epoch
     micro_batch_size: int = Field(32, gt=0)  # rows per forward (gradient accumulation)
+    # forward tokens per micro-batch (packed: the sum of lengths; padded: rows × the longest), which is what
+    # bounds activation memory; None: micro_batch_size rows in batch order
+    micro_batch_tokens: int | None = Field(8192, gt=0)
+    packing: bool = True  # padding-free forwards (models/packing.py): same values, fewer tokens
     grad_clip: float = Field(1.0, gt=0)
+
+    @property
+    def micro_batching(self) -> MicroBatching:
+        from arlkit.models.packing import MicroBatching
+
+        return MicroBatching(self.micro_batch_size, self.micro_batch_tokens, self.packing)
 
     @field_validator("advantage", "policy_loss", "aggregation", "kl_estimator")
     @classmethod

@@ -6,6 +6,7 @@ Everything downstream (loss mask, advantage mask, per-turn credit, viewers) is d
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -141,6 +142,24 @@ class Trajectory:
         """Record the tool calls and step reward of the last turn."""
         last = self.turns[-1]
         self.turns[-1] = TurnRecord(last.start, last.end, tuple(calls), float(reward), last.finish_reason)
+
+    def truncated(self, length: int) -> Trajectory:
+        """A copy of the first `length` tokens and of the turns that end within them (a branch's prefix).
+
+        The final reward is not copied: it belongs to the whole episode.
+        """
+        return Trajectory(
+            token_ids=self.token_ids[:length],
+            roles=self.roles[:length],
+            logprobs=self.logprobs[:length],
+            entropies=self.entropies[:length],
+            turn=self.turn[:length],
+            turns=[t for t in self.turns if t.end <= length],
+            group_id=self.group_id,
+            parent=self.parent,
+            branch_pos=self.branch_pos,
+            metadata=copy.deepcopy(self.metadata),
+        )
 
     @property
     def total_reward(self) -> float:

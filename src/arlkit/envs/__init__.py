@@ -12,6 +12,7 @@ from arlkit.envs.parsing import (
 )
 from arlkit.envs.qa import QAScorer, agent_r1_reward, exact_match, make_qa_env, normalize_answer, token_f1
 from arlkit.envs.tool_env import (
+    EnvState,
     EpisodeResult,
     RewardFn,
     Scorer,
@@ -24,6 +25,7 @@ from arlkit.envs.tool_env import (
 __all__ = [
     "FORMATS",
     "ActionFormat",
+    "EnvState",
     "EpisodeResult",
     "HermesFormat",
     "ParsedAction",

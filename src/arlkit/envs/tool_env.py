@@ -27,6 +27,7 @@ from arlkit.tools.base import (
 __all__ = [
     "PARSE_ERROR_NAME",
     "REFUSAL",
+    "EnvState",
     "EpisodeResult",
     "ProcessReward",
     "RewardFn",
@@ -67,6 +68,19 @@ class EpisodeResult:
     metrics: dict[str, float]
     answer: str | None
     finish_reason: str | None  # None if the episode was cut short by the caller
+
+
+@dataclass(frozen=True)
+class EnvState:
+    """What a ToolEnv remembers of its episode: enough to continue it from here without re-running tools."""
+
+    row: dict | None
+    turns: int
+    done: bool
+    answer: str | None
+    finish_reason: str | None
+    records: tuple[ToolCallRecord, ...]
+    syntax_errors: int
 
 
 @runtime_checkable
@@ -179,6 +193,23 @@ class ToolEnv:
         self._finish_reason: str | None = None
         self._records: list[ToolCallRecord] = []
         self._syntax_errors = 0
+
+    def snapshot(self) -> EnvState:
+        """The episode's state (cheap: no tool is re-run); `restore` on a copy of the env continues from it."""
+        return EnvState(
+            self._row,
+            self._turns,
+            self._done,
+            self._answer,
+            self._finish_reason,
+            tuple(self._records),
+            self._syntax_errors,
+        )
+
+    def restore(self, state: EnvState) -> None:
+        self._row, self._turns, self._done = state.row, state.turns, state.done
+        self._answer, self._finish_reason = state.answer, state.finish_reason
+        self._records, self._syntax_errors = list(state.records), state.syntax_errors
 
     @property
     def tools_schema(self) -> list[dict]:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from arlkit.rollout.engine import RolloutParams, rollout
+from arlkit.rollout.engine import EpisodeRunner, RolloutParams, rollout
 from arlkit.rollout.generator import Generator
 from arlkit.trajectory import Trajectory
 
@@ -43,7 +43,7 @@ def episode_metrics(trajs: Sequence[Trajectory]) -> dict[str, float]:
 
 
 def evaluate(
-    generator: Generator,
+    generator: Generator | EpisodeRunner,
     tokenizer: Any,
     make_env: Callable[[], Any],
     rows: Sequence[dict],

@@ -75,7 +75,8 @@ class HFGenerator:
         self.model = model
         self.pad_id = pad_id
         self.max_batch = max_batch
-        self.rng = torch.Generator().manual_seed(seed)
+        # on the model's device: torch.multinomial needs a generator where its probabilities are
+        self.rng = torch.Generator(device=self.device).manual_seed(seed)
 
     @property
     def device(self) -> torch.device:
@@ -144,3 +145,54 @@ class HFGenerator:
             )
             for i in range(B)
         ]
+
+
+class GenerateBaseline:
+    """Each call runs `model.generate` on the whole left-padded context: what most RL frameworks do every turn.
+
+    The benchmarks' baseline and a reference for the engine's greedy ids. Logprobs and entropies come from the
+    raw logits `generate` returns, under `sample_next`'s convention; sampling adds no top-k (top_k=0).
+    """
+
+    def __init__(self, model: torch.nn.Module, pad_id: int):
+        self.model, self.pad_id = model, pad_id
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
+        dev, width = next(self.model.parameters()).device, max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :], attn[i, width - len(p) :] = torch.tensor(list(p)), 1
+        greedy = params.temperature <= 0
+        out = self.model.generate(
+            input_ids=ids.to(dev),
+            attention_mask=attn.to(dev),
+            do_sample=not greedy,
+            temperature=None if greedy else params.temperature,
+            top_p=None if greedy else params.top_p,
+            top_k=None if greedy else 0,
+            max_new_tokens=params.max_new_tokens,
+            eos_token_id=list(params.stop_token_ids) or None,
+            pad_token_id=self.pad_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        new = out.sequences[:, width:].cpu()  # (B, n_new)
+        logits = torch.stack(out.logits, 1).float().cpu()  # (B, n_new, V)
+        logp = F.log_softmax(logits if greedy else logits / params.temperature, dim=-1)
+        lp = logp.gather(-1, new[..., None]).squeeze(-1)
+        ent = -(logp.exp() * logp).sum(-1)
+        stops = set(params.stop_token_ids)
+        gens = []
+        for i, row in enumerate(new.tolist()):
+            n = next((j + 1 for j, t in enumerate(row) if t in stops), len(row))
+            gens.append(
+                Generation(
+                    row[:n],
+                    lp[i, :n].tolist(),
+                    ent[i, :n].tolist(),
+                    "stop" if row[n - 1] in stops else "length",
+                )
+            )
+        return gens

@@ -116,7 +116,7 @@ def shaped_rewards(
 
 def prepare(s: Setup, batch: Batch, baselines: torch.Tensor | None) -> UpdateBatch:
     """The no-gradient forwards (π_old, reference, critic values), shaped rewards and advantages."""
-    cfg, policy, micro, temp = s.cfg, s.policy, s.cfg.algo.micro_batch_size, s.cfg.rollout.temperature
+    cfg, policy, micro, temp = s.cfg, s.policy, s.cfg.algo.micro_batching, s.cfg.rollout.temperature
     a = cfg.algo
     off_policy = a.epochs > 1 or a.mini_batches > 1
     need_old = off_policy or a.kl_mode == "reward"

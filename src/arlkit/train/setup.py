@@ -22,7 +22,8 @@ from arlkit.config import Config
 from arlkit.errors import ArlkitError
 from arlkit.models.loading import DTYPES, Policy, load_policy, resolve_device
 from arlkit.models.value import ValueHead, load_critic
-from arlkit.rollout.generator import HFGenerator
+from arlkit.rollout.backends import make_runner
+from arlkit.rollout.engine import EpisodeRunner
 from arlkit.tasks import Task, ToyTask
 from arlkit.tasks import build_task as task_from_config
 from arlkit.train.run_dir import RunDir
@@ -36,7 +37,7 @@ class Setup:
     cfg: Config
     policy: Policy
     task: Task
-    generator: HFGenerator
+    generator: EpisodeRunner
     opts: Optimisers
     run: RunDir
     train_rows: list[dict]
@@ -150,8 +151,15 @@ def setup(cfg: Config, console: Console) -> Setup:
         cfg=cfg,
         policy=policy,
         task=task,
-        generator=HFGenerator(
-            policy.model, policy.tokenizer.pad_token_id, cfg.rollout.max_batch, cfg.train.seed
+        generator=make_runner(
+            cfg.rollout.backend,
+            policy.model,
+            policy.tokenizer.pad_token_id,
+            max_batch=cfg.rollout.max_batch,
+            seed=cfg.train.seed,
+            prefill_tokens=cfg.rollout.prefill_tokens,
+            cuda_graphs=cfg.rollout.cuda_graphs,
+            routing=policy.routing,
         ),
         opts=build_optimisers(cfg, policy),
         run=run,

@@ -12,8 +12,9 @@ import torch
 from arlkit.algos.kl import KL_ESTIMATORS
 from arlkit.algos.losses import AGGREGATIONS, POLICY_LOSSES, explained_variance, masked_mean, value_loss
 from arlkit.config import AlgoConfig, CriticConfig
-from arlkit.models.forward import TokenStats, token_logprobs
+from arlkit.models.forward import TokenStats
 from arlkit.models.loading import Policy, policy_routes
+from arlkit.models.packing import MicroBatching
 from arlkit.models.routing import adapter_parameters, routes_from_roles, token_adapters
 from arlkit.train.shapers import MicroBatch, Shaper
 from arlkit.trajectory import Batch
@@ -46,13 +47,17 @@ class UpdateStats:
     critic: dict[str, float]  # bare names; the loop adds "critic/"
 
 
-def _chunks(batch: Batch, micro: int) -> list[torch.Tensor]:
-    return list(torch.arange(batch.input_ids.shape[0]).split(micro))
+def _chunks(batch: Batch, micro: MicroBatching) -> list[torch.Tensor]:
+    return micro.split(torch.arange(batch.input_ids.shape[0]), batch.attention_mask)
 
 
 @torch.no_grad()
 def batch_logprobs(
-    model: torch.nn.Module, batch: Batch, temperature: float, micro: int, routing: dict | None = None
+    model: torch.nn.Module,
+    batch: Batch,
+    temperature: float,
+    micro: MicroBatching,
+    routing: dict | None = None,
 ) -> torch.Tensor:
     """(B, T) token logprobs under `model`, computed micro-batch by micro-batch (no gradient). `routing`: the
     settings of a role-routed model (its routes come from the batch's roles)."""
@@ -63,23 +68,23 @@ def batch_logprobs(
     for rows in _chunks(batch, micro):
         mb = batch.select(rows).to(device)
         routes = routes_from_roles(mb.roles, routing.get("answer_adapter", "reasoning")) if routing else None
-        lp = token_logprobs(model, mb.input_ids, mb.attention_mask, temperature, routes=routes).logprobs
+        lp = micro.token_stats(model, mb.input_ids, mb.attention_mask, temperature, routes=routes).logprobs
         out[rows, : lp.shape[1]] = lp.float().cpu()
     model.train(was_training)
     return out
 
 
 @torch.no_grad()
-def batch_values(policy: Policy, batch: Batch, micro: int) -> torch.Tensor:
+def batch_values(policy: Policy, batch: Batch, micro: MicroBatching) -> torch.Tensor:
     """(B, T) critic values V(c_<t) (separate critic or value head), micro-batch by micro-batch."""
     out = torch.zeros_like(batch.rollout_logprobs)
     device = next(policy.model.parameters()).device
     for rows in _chunks(batch, micro):
         mb = batch.select(rows).to(device)
         if policy.critic is not None:
-            v = policy.critic(mb.input_ids, mb.attention_mask)
+            v = micro.critic_values(policy.critic, mb.input_ids, mb.attention_mask)
         else:
-            hidden = token_logprobs(policy.model, mb.input_ids, mb.attention_mask, with_hidden=True).hidden
+            hidden = micro.token_stats(policy.model, mb.input_ids, mb.attention_mask, with_hidden=True).hidden
             v = policy.value_head(hidden)
         out[rows, : v.shape[1]] = v.float().cpu()
     return out
@@ -113,7 +118,7 @@ def update(
             if opts.critic is not None:
                 opts.critic.zero_grad(set_to_none=True)
             n_tokens = data.batch.loss_mask[mini].sum().clamp(min=1.0)
-            for rows in mini.split(algo.micro_batch_size):
+            for rows in algo.micro_batching.split(mini, data.batch.attention_mask):
                 weight = _share(data.batch, rows, n_tokens, len(mini), algo.aggregation)
                 stats = _micro_step(
                     policy, data, rows, weight, algo, critic_cfg, temperature, norm_constant, train_actor
@@ -187,7 +192,7 @@ def _micro_step(
     loss = torch.zeros((), device=device)
     with_head = policy.value_head is not None
     if train_actor or with_head:
-        out = token_logprobs(
+        out = algo.micro_batching.token_stats(
             policy.model,
             mb.input_ids,
             mb.attention_mask,
@@ -209,7 +214,7 @@ def _micro_step(
             stats.update({f"critic:{k}": v for k, v in v_stats.items()})
         (loss * weight).backward()
     if policy.critic is not None:
-        values = policy.critic(mb.input_ids, mb.attention_mask)
+        values = algo.micro_batching.critic_values(policy.critic, mb.input_ids, mb.attention_mask)
         v_loss, v_stats = _value_loss(values, mb, data, cut, critic_cfg)
         (critic_cfg.vf_coef * v_loss * weight).backward()
         stats.update({f"critic:{k}": v for k, v in v_stats.items()})

@@ -1,0 +1,168 @@
+"""Multi-turn rollout throughput: the KV-cache engine against a `model.generate` baseline, in the same run.
+
+    .venv/bin/python benchmarks/rollout.py                      # the demo's tiny base, CPU
+    .venv/bin/python benchmarks/rollout.py --threads 1
+    .venv/bin/python benchmarks/rollout.py --model qwen2-0.5b --device cuda --dtype bfloat16 --cuda-graphs
+
+64 episodes (8 toywiki questions × 8 samples, as a GRPO step draws them), up to 4 turns with BM25 search
+observations between them (`--env demo`: the demo's env, where the model decides when to answer; `--env
+always-search`: every action is run as a search, so every episode takes all its turns). Backends:
+- engine:   ContinuousEngine (KV caches kept across turns, continuous batching, shared prompt prefill);
+- generate: the baseline most frameworks use: every turn, `model.generate` on each live episode's whole
+            left-padded context (GenerateBaseline run turn by turn);
+- hf:       arlkit's HFGenerator, also re-prefilling each turn (the previous default).
+Each variant runs in a fresh process, `--repeats` times, interleaved; the table shows the median run.
+Roofline share = generated tokens/s × FLOPs per token ÷ the fp32 (or --dtype) matmul peak measured in this
+run, with FLOPs per token = 2 × (non-embedding params + d·V) + 4 × layers × d_attn × mean context
+(`_common.flops_per_token`). MFU is the same with every id the backend fed the model (prompts and observations
+prefilled, histories re-prefilled by the baselines, generated ids decoded) instead of the generated ids only:
+how busy the backend kept the hardware, where the roofline share is how much of it became new tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from _common import flops_per_token, load_model, matmul_peak_gflops, measure, set_threads
+
+from arlkit.envs import ParsedAction, QAScorer, ToolCall, ToolEnv
+from arlkit.models.loading import DTYPES
+from arlkit.rollout.continuous import ContinuousEngine
+from arlkit.rollout.engine import RolloutParams, TurnSyncRunner, rollout
+from arlkit.rollout.generator import GenerateBaseline, HFGenerator
+
+
+class EveryActionSearches:
+    """A tags-format action parser that reads every action as a search for its text, so that every episode
+    runs all of its turns with a BM25 observation after each (the `--env always-search` workload)."""
+
+    name, call_open, call_close = "always-search", "<search>", "</search>"
+
+    def parse(self, text: str) -> ParsedAction:
+        return ParsedAction((ToolCall("search", {"query": text[:80]}),), (), None)
+
+    def instructions(self) -> str:
+        return ""
+
+
+def env_factory(kind: str, task, max_turns: int):
+    if kind == "demo":
+        return task.make_env
+    return lambda: ToolEnv([task.search], QAScorer(), fmt=EveryActionSearches(), max_turns=max_turns)
+
+
+def make_backend(name: str, model, pad_id: int, args: argparse.Namespace, seed: int):
+    if name == "engine":
+        decode = "cuda_graph" if args.cuda_graphs else "dynamic"
+        return ContinuousEngine(model, pad_id, max_slots=args.episodes, seed=seed, decode=decode)
+    if name == "generate":
+        torch.manual_seed(seed)  # model.generate samples from the global generator
+        return TurnSyncRunner(GenerateBaseline(model, pad_id))
+    return TurnSyncRunner(HFGenerator(model, pad_id, seed=seed))
+
+
+def run_once(name: str, args: argparse.Namespace, seed: int) -> dict:
+    """One timed rollout of all episodes (after a small warm-up rollout) in this process."""
+    set_threads(args.threads)
+    model, tok, task = load_model(args.model, args.device, args.dtype)
+    rows = [r for r in task.rows("rl", args.episodes // args.group, seed=11) for _ in range(args.group)]
+    groups = [i // args.group for i in range(len(rows))]
+    params = RolloutParams(args.max_turns, args.max_new_tokens, args.max_length, args.temperature, args.top_p)
+    backend = make_backend(name, model, tok.pad_token_id, args, seed)
+    make_env = env_factory(args.env, task, args.max_turns)
+    rollout(backend, tok, make_env, rows[:2], groups[:2], params)  # warm-up (allocations, graphs)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    trajs = rollout(backend, tok, make_env, rows, groups, params)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    gen = [i for t in trajs for i, r in enumerate(t.roles) if r in (1, 2, 4)]  # positions of generated ids
+    mean_ctx = sum(gen) / max(len(gen), 1)
+    if name == "engine":  # what the engine fed the model: prefilled and decoded ids
+        model_tokens = backend.stats.prefill_tokens + backend.stats.decode_tokens
+    else:  # turn by turn, each turn feeds its whole context, then its generated ids
+        model_tokens = sum(rec.end for t in trajs for rec in t.turns)
+    return {
+        "gen_tokens": len(gen),
+        "model_tokens": model_tokens,
+        "seconds": seconds,
+        "turns": sum(t.n_turns for t in trajs) / len(trajs),
+        "flops_per_token": flops_per_token(model, mean_ctx),
+        "reward": sum(t.reward for t in trajs) / len(trajs),
+    }
+
+
+def peak_once(args: argparse.Namespace) -> dict:
+    set_threads(args.threads)
+    return {"gflops": matmul_peak_gflops(args.device, DTYPES[args.dtype])}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="tiny", help="tiny | qwen2-0.5b | a local model folder")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--episodes", type=int, default=64)
+    p.add_argument("--group", type=int, default=8, help="samples per question")
+    p.add_argument("--max-turns", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--env",
+        default="demo",
+        choices=["demo", "always-search"],
+        help="demo: the demo's toywiki env (the model decides when to answer); always-search: every action is "
+        "run as a search, so every episode takes all --max-turns turns",
+    )
+    p.add_argument("--backends", default="engine,generate,hf")
+    p.add_argument("--cuda-graphs", action="store_true", help="engine decode as a captured CUDA graph")
+    args = p.parse_args()
+    names = args.backends.split(",")
+    peaks, runs = [], {n: [] for n in names}
+    for rep in range(args.repeats):
+        peaks.append(measure(peak_once, args)["gflops"])
+        for n in names:
+            runs[n].append(measure(run_once, n, args, 100 + rep))
+    peak = max(peaks)
+    device = (
+        torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads or 'default'} threads"
+    )
+    print(
+        f"model {args.model} · {args.dtype} · {device} · matmul peak {peak:.1f} GFLOP/s (runs: "
+        f"{', '.join(f'{x:.1f}' for x in peaks)})"
+    )
+    print(
+        f"env {args.env} · {args.episodes} episodes (groups of {args.group}), ≤{args.max_turns} turns, ≤{args.max_new_tokens} "
+        f"new tokens per turn, temperature {args.temperature}; median of {args.repeats} runs per backend"
+    )
+    head = f"{'backend':<10}{'gen tok':>9}{'turns/ep':>9}{'wall s':>8}{'gen tok/s':>11}{'× generate':>11}"
+    print(head + f"{'peak MB':>9}{'roofline':>10}{'fed tok':>9}{'MFU':>7}{'runs gen tok/s':>26}")
+    rates = {n: [r["gen_tokens"] / r["seconds"] for r in runs[n]] for n in names}
+    base = statistics.median(rates["generate"]) if "generate" in names else None
+    for n in names:
+        med = sorted(zip(rates[n], runs[n], strict=True), key=lambda x: x[0])[len(runs[n]) // 2][1]
+        rate = med["gen_tokens"] / med["seconds"]
+        share = rate * med["flops_per_token"] / (peak * 1e9)
+        mfu = med["model_tokens"] / med["seconds"] * med["flops_per_token"] / (peak * 1e9)
+        ratio = f"{statistics.median(rates[n]) / base:.2f}" if base else "-"
+        print(
+            f"{n:<10}{med['gen_tokens']:>9}{med['turns']:>9.2f}{med['seconds']:>8.2f}{rate:>11.0f}{ratio:>11}"
+            f"{med['peak_mb']:>9.0f}{share:>10.1%}{med['model_tokens']:>9}{mfu:>7.1%}"
+            f"{' / '.join(f'{x:.0f}' for x in rates[n]):>26}"
+        )
+    if base is None:
+        print("(no 'generate' backend in --backends: no ratio)")
+
+
+if __name__ == "__main__":
+    main()
