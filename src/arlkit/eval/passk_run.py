@@ -20,36 +20,16 @@ from arlkit.config import Config
 from arlkit.errors import ArlkitError
 from arlkit.eval.analysis_plots import passk_boundary, passk_curves, passk_heatmap
 from arlkit.eval.passk import analyse
-from arlkit.eval.report import passk_report
-from arlkit.eval.sampling import opened_policy, question_rows, sample_counts
+from arlkit.eval.report import json_safe, passk_report
+from arlkit.eval.sampling import (
+    load_cached,
+    opened_policy,
+    question_rows,
+    sample_counts,
+    sampling_settings,
+    save_cached,
+)
 from arlkit.train.setup import build_task, progress
-
-
-def _settings(cfg: Config, path: str, rows: list[dict]) -> dict[str, Any]:
-    """What the counts of one policy depend on; cached counts are reused only when all of it matches."""
-    r = cfg.rollout
-    return {
-        "path": path,
-        "n": cfg.passk.n,
-        "answer_turns": cfg.passk.answer_turns,
-        "temperature": r.temperature,
-        "top_p": r.top_p,
-        "max_new_tokens": r.max_new_tokens,
-        "max_length": r.max_length,
-        "task": cfg.task.model_dump(),
-        "seed": cfg.train.seed,
-        "questions": [row.get("question") for row in rows],
-    }
-
-
-def _load_cache(folder: Path, settings: dict[str, Any]) -> dict[str, dict[str, list]]:
-    """{"correct": {T: counts}, "tool_rounds": {T: means}} saved with the same settings, else empty."""
-    f = folder / "counts.json"
-    if not f.is_file():
-        return {"correct": {}, "tool_rounds": {}}
-    saved = json.loads(f.read_text())
-    same = saved.get("settings") == json.loads(json.dumps(settings, default=str))
-    return saved["data"] if same else {"correct": {}, "tool_rounds": {}}
 
 
 def sample_policy(
@@ -58,8 +38,8 @@ def sample_policy(
     """Counts of one policy for every cap (cached caps are not sampled again)."""
     p = cfg.passk
     folder = out / "policies" / name
-    settings = _settings(cfg, path, rows)
-    data = _load_cache(folder, settings)
+    settings = sampling_settings(cfg, path, rows, n=p.n, answer_turns=p.answer_turns)
+    data = load_cached(folder, settings) or {"correct": {}, "tool_rounds": {}}
     todo = [t for t in p.caps if str(t) not in data["correct"]]
     if not todo:
         console.print(f"[bold]{name}[/]: counts reused from {folder / 'counts.json'}")
@@ -81,8 +61,7 @@ def sample_policy(
             data["correct"][str(t)] = res.correct
             data["tool_rounds"][str(t)] = res.tool_rounds
             s.run.write_samples(t, res.samples, s.policy.tokenizer, name=f"samples_T{t}")
-    blob = {"settings": settings, "data": data}
-    (folder / "counts.json").write_text(json.dumps(blob, default=str))
+    save_cached(folder, settings, data)
     return data
 
 
@@ -118,6 +97,6 @@ def run_passk(cfg: Config, console: Console | None = None) -> dict[str, Any]:
         passk_boundary(result, out / "passk_boundary.png"),
     ]
     figures += [passk_heatmap(result, name, out / f"passk_heatmap_{name}.png") for name in p.policies]
-    (out / "passk.json").write_text(json.dumps(result, indent=1))
+    (out / "passk.json").write_text(json.dumps(json_safe(result), indent=1))
     (out / "report.md").write_text(passk_report(result, [f.name for f in figures]))
     return result

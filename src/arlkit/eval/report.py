@@ -7,6 +7,17 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def json_safe(obj: Any) -> Any:
+    """`obj` with NaN and ±inf floats as None, so the JSON is strict (jq, JavaScript) and not Python's."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def fmt(x: Any, digits: int = 3) -> str:
     """A table cell: floats rounded, NaN as an en dash."""
     if isinstance(x, float):
@@ -87,3 +98,50 @@ def passk_report(result: dict, figures: Sequence[str]) -> str:
                 rows.append([kind, sub["n_questions"], p, *(f"{c[0]:.2f} → {c[-1]:.2f}" for c in cells)])
         parts.append(md_table(header, rows))
     return "\n\n".join(parts) + "\n"
+
+
+def cea_report(result: dict, figures: Sequence[str]) -> str:
+    """The CEA report page (METHODS.md §7)."""
+    from arlkit.eval.cea import MODELS, TERM_MEANING, TERMS
+
+    sm = result["summary"]
+    parts = [
+        "# Capability Effect Attribution",
+        f"{sm['questions']} questions, n = {result['n']} episodes per question and model; {sm['kept']} questions "
+        "that some model solves are kept. z = logit((c + 0.5)/(n + 1)) (Laplace smoothing), z = Xλ solved per "
+        "question (arXiv 2602.00994). Reas trains on reasoning + answer tokens, Tool on action tokens, Unified "
+        "on all; Hybrid-Tool = Base reasons + Tool acts, Hybrid-Reas = Reas reasons + Base acts.",
+        md_table(
+            ["model", "path", "success rate"],
+            [[m, f"`{_model_path(result, m)}`", sm["success_rate"][m]] for m in MODELS],
+        ),
+        figures_md(figures),
+        "## λ over kept questions (logit units)",
+        md_table(
+            ["term", "meaning", "mean", "median"],
+            [[t, TERM_MEANING[t], sm["lambda_mean"][t], sm["lambda_median"][t]] for t in TERMS],
+        ),
+        f"**Share of questions with λ23 < 0 (interference): {fmt(sm['interference_share'])}** (paper: 42–67%).",
+    ]
+    g = result.get("gradients")
+    if g:
+        parts += [
+            "## Gradient angles",
+            f"Policy-loss gradients of the {g['model']} model on {g['used']} of {g['rollouts']} rollouts (those with "
+            f"a non-zero GRPO advantage and both roles), flattened over {g['n_params']:,} parameters; reasoning = "
+            "REASONING + ANSWER tokens (paper: same-role < ~30°, cross-role ≈ 90°).",
+            md_table(
+                ["pairs", "mean angle (°)", "count"],
+                [[k.replace("_", " "), g["mean_deg"][k], len(g["angles_deg"][k])] for k in g["mean_deg"]],
+            ),
+        ]
+    return "\n\n".join(parts) + "\n"
+
+
+def _model_path(result: dict, model: str) -> str:
+    paths = result["paths"]
+    if model == "hybrid_tool":
+        return f"{paths['base']} + {paths['tool']}"
+    if model == "hybrid_reas":
+        return f"{paths['reas']} + {paths['base']}"
+    return paths[model]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -146,3 +147,35 @@ def sample_counts(
         if on_batch is not None:
             on_batch(len(trajs))
     return QuestionCounts(correct, rounds, samples)
+
+
+def load_cached(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The data `save_cached` wrote to `folder` under exactly these settings, else None."""
+    f = folder / "counts.json"
+    if not f.is_file():
+        return None
+    saved = json.loads(f.read_text())
+    return saved["data"] if saved.get("settings") == json.loads(json.dumps(settings, default=str)) else None
+
+
+def save_cached(folder: Path, settings: dict[str, Any], data: dict[str, Any]) -> None:
+    """Keep sampled counts with everything they depend on, so a later run with the same settings reuses them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "counts.json").write_text(json.dumps({"settings": settings, "data": data}, default=str))
+
+
+def sampling_settings(cfg: Config, path: str, rows: Sequence[dict], **extra: Any) -> dict[str, Any]:
+    """What sampled counts depend on besides the policy's weights: its path, the sampling and task settings,
+    the seed and the questions."""
+    r = cfg.rollout
+    return {
+        "path": path,
+        "temperature": r.temperature,
+        "top_p": r.top_p,
+        "max_new_tokens": r.max_new_tokens,
+        "max_length": r.max_length,
+        "task": cfg.task.model_dump(),
+        "seed": cfg.train.seed,
+        "questions": [row.get("question") for row in rows],
+        **extra,
+    }
