@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import tiny_run_overrides
 from rich.console import Console
 
@@ -175,3 +176,31 @@ def test_passk_cli_reuses_cached_counts(tiny, passk_run) -> None:
 def test_passk_without_policies_names_the_field(tmp_path) -> None:
     with pytest.raises(ArlkitError, match=r"passk\.policies"):
         run_passk(load_config(None, [f"train.run_dir={tmp_path}"]), Console(quiet=True))
+
+
+def test_a_lora_checkpoint_loads_as_its_base_with_adapters_merged(tiny, tmp_path) -> None:
+    """A run with model.lora saves adapters only; analyses (and `arlkit eval`) load it as the merged policy."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from arlkit.models.loading import load_policy
+
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny.sft_dir), LoraConfig(r=2, target_modules="all-linear")
+    )
+    torch.manual_seed(0)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.1)  # B = 0 would make the adapters no-ops
+    ckpt = tmp_path / "lora_ckpt"
+    peft_model.save_pretrained(ckpt)
+    tiny.tokenizer.save_pretrained(ckpt)
+    assert not (ckpt / "config.json").exists()
+    policy = load_policy(ckpt)
+    ids = torch.tensor([tiny.tokenizer.encode("Where was Ana born?")])
+    with torch.no_grad():
+        want = peft_model.eval()(input_ids=ids).logits
+        got = policy.model.eval()(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny.sft_dir).eval()(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, base, atol=1e-3)
+    assert not any("lora" in n for n, _ in policy.model.named_parameters())
