@@ -204,3 +204,26 @@ def test_a_lora_checkpoint_loads_as_its_base_with_adapters_merged(tiny, tmp_path
         base = AutoModelForCausalLM.from_pretrained(tiny.sft_dir).eval()(input_ids=ids).logits
     assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, base, atol=1e-3)
     assert not any("lora" in n for n, _ in policy.model.named_parameters())
+
+
+def test_cached_counts_follow_the_checkpoint_files(tmp_path) -> None:
+    from arlkit.eval.sampling import checkpoint_fingerprint, load_cached, save_cached
+
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "actor").mkdir(parents=True)
+    (ckpt / "model.safetensors").write_bytes(b"1234")
+    (ckpt / "actor" / "model.safetensors").write_bytes(b"12")
+    (ckpt / "notes.txt").write_text("not a weight file")
+    first = checkpoint_fingerprint(str(ckpt))
+    assert [f[:2] for f in first] == [["actor/model.safetensors", 2], ["model.safetensors", 4]]
+    assert checkpoint_fingerprint("Qwen/Qwen2.5-3B-Instruct") == []  # a hub id has no local files
+    settings = {"path": str(ckpt), "fingerprint": first, "n": 4}
+    save_cached(tmp_path / "folder", settings, {"correct": {"0": [1, 2]}})
+    assert load_cached(tmp_path / "folder", settings) == {"correct": {"0": [1, 2]}}
+    (ckpt / "model.safetensors").write_bytes(b"123456")  # saved again: the counts are stale
+    assert (
+        load_cached(tmp_path / "folder", {**settings, "fingerprint": checkpoint_fingerprint(str(ckpt))})
+        is None
+    )
+    assert load_cached(tmp_path / "folder", {**settings, "n": 8}) is None
+    assert load_cached(tmp_path / "nothing", settings) is None

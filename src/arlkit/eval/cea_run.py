@@ -32,6 +32,7 @@ from arlkit.eval.cea import MODELS, TERMS, attribute, role_angles
 from arlkit.eval.cea_grads import grpo_advantages, role_gradients, usable_rows
 from arlkit.eval.report import cea_report, json_safe
 from arlkit.eval.sampling import (
+    checkpoint_fingerprint,
     load_cached,
     opened_policy,
     patched,
@@ -99,7 +100,10 @@ def sample_models(
     correct: dict[str, list[int]] = {}
     for name, (path, routing) in specs.items():
         folder = out / "models" / name
-        settings = sampling_settings(cfg, path, rows, n=c.n, routing=routing)
+        actor = (routing or {}).get("action_model_path")
+        settings = sampling_settings(
+            cfg, path, rows, n=c.n, routing=routing, actor=actor and checkpoint_fingerprint(actor)
+        )
         cached = load_cached(folder, settings)
         if cached is not None:
             console.print(f"[bold]{name}[/]: counts reused from {folder / 'counts.json'}")

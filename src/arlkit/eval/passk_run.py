@@ -24,12 +24,13 @@ from arlkit.eval.report import json_safe, passk_report
 from arlkit.eval.sampling import (
     load_cached,
     opened_policy,
+    patched,
     question_rows,
     sample_counts,
     sampling_settings,
     save_cached,
 )
-from arlkit.train.setup import build_task, progress
+from arlkit.train.setup import build_task, progress, resolve_model_path
 
 
 def sample_policy(
@@ -78,17 +79,25 @@ def run_passk(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = Path(cfg.train.run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = question_rows(build_task(cfg), p.split, p.n_questions, cfg.task.eval_seed)
+    task = build_task(cfg)
+    rows = question_rows(task, p.split, p.n_questions, cfg.task.eval_seed)
     if not rows:
         raise ArlkitError(f"passk.split {p.split!r} gave no questions")
-    sampled = {name: sample_policy(cfg, name, path, rows, out, console) for name, path in p.policies.items()}
+    # "tiny" names the embedded base of this task: resolved, so its cached counts follow the recipe's build
+    paths = {
+        name: str(resolve_model_path(patched(cfg, {"model.path": path}), task, console))
+        if path == "tiny"
+        else path
+        for name, path in p.policies.items()
+    }
+    sampled = {name: sample_policy(cfg, name, path, rows, out, console) for name, path in paths.items()}
     counts = {name: {t: d["correct"][str(t)] for t in p.caps} for name, d in sampled.items()}
     result = analyse(counts, p.n, [str(r.get("kind", "all")) for r in rows])
     result["tool_rounds"] = {
         name: {str(t): sum(d["tool_rounds"][str(t)]) / len(rows) for t in p.caps}
         for name, d in sampled.items()
     }
-    result["policy_paths"] = dict(p.policies)
+    result["policy_paths"] = paths
     result["questions"] = [{k: r.get(k) for k in ("id", "question", "answer", "kind")} for r in rows]
     result["counts"] = {name: {str(t): c for t, c in per.items()} for name, per in counts.items()}
     result["seconds"] = time.perf_counter() - t0

@@ -164,12 +164,28 @@ def save_cached(folder: Path, settings: dict[str, Any], data: dict[str, Any]) ->
     (folder / "counts.json").write_text(json.dumps({"settings": settings, "data": data}, default=str))
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json")
+
+
+def checkpoint_fingerprint(path: str) -> list[list[Any]]:
+    """(file, size, mtime) of a local checkpoint's weight and config files, its subfolders' too (2-Agent pairs):
+    a checkpoint saved again under the same path gets a new fingerprint. Empty for a hub id."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        return []
+    files = sorted(
+        f for f in [*root.glob("*"), *root.glob("*/*")] if f.is_file() and f.suffix in WEIGHT_SUFFIXES
+    )
+    return [[str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 def sampling_settings(cfg: Config, path: str, rows: Sequence[dict], **extra: Any) -> dict[str, Any]:
-    """What sampled counts depend on besides the policy's weights: its path, the sampling and task settings,
-    the seed and the questions."""
+    """What sampled counts depend on: the policy's path and its files' fingerprint, the sampling and task
+    settings, the seed and the questions."""
     r = cfg.rollout
     return {
         "path": path,
+        "fingerprint": checkpoint_fingerprint(path),
         "temperature": r.temperature,
         "top_p": r.top_p,
         "max_new_tokens": r.max_new_tokens,
