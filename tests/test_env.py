@@ -186,6 +186,7 @@ def test_full_episode() -> None:
         "answer_ok": 1.0,
         "n_calls": 1.0,
         "n_failed_calls": 0.0,
+        "tool_rounds": 1.0,
         "turns": 2.0,
     }
     with pytest.raises(RuntimeError):
@@ -277,6 +278,51 @@ def test_refuse_tools() -> None:
     assert not step.calls[0].ok
     env.step("<answer>Bob</answer>")
     assert env.result().reward == 0.0 and env.result().metrics["n_failed_calls"] == 1.0
+
+
+REFUSED = {"role": "tool", "content": "Error: tool calls are not allowed in this episode; answer directly."}
+
+
+def test_tool_round_cap_refuses_rounds_after_the_cap() -> None:
+    # T = 2 with 2 answer turns: max_turns = 4. Rounds 1 and 2 run (one of them holds two calls and a
+    # malformed one: still one round); round 3 is refused; turn 4 answers.
+    env = make_env(max_turns=9).limit_tool_rounds(2, answer_turns=2)
+    assert env.max_turns == 4 and env.max_tool_rounds == 2
+    env.reset(ROW)
+    first = env.step(call("search", query="a"))
+    assert first.calls[0].ok and first.observations == ({"role": "tool", "content": "found: a"},)
+    second = env.step(call("search", query="b") + call("search", query="c") + "<tool_call>{oops</tool_call>")
+    assert [c.ok for c in second.calls] == [True, True, False] and "found: c" in second.observations[1][
+        "content"
+    ]
+    third = env.step(call("search", query="d"))
+    assert not third.done and third.observations == (REFUSED,) and not third.calls[0].ok
+    last = env.step("<answer>Ana</answer>")
+    assert last.done and last.finish_reason == "answer"
+    m = env.result().metrics
+    # 5 calls: 3 ran (ok), the malformed one and the refused one failed; the refusal is not a syntax error
+    assert m["tool_rounds"] == 2.0 and m["n_calls"] == 5.0 and m["n_failed_calls"] == 2.0
+    assert m["em"] == 1.0 and m["tool_syntax_ok"] == 0.0  # the malformed call, not the refusal
+
+
+def test_tool_round_cap_zero_refuses_every_call_and_ends_after_answer_turns() -> None:
+    env = make_env(max_tool_rounds=0)  # T = 0: like refuse_tools, keeping max_turns
+    env.reset(ROW)
+    assert env.step(call("search", query="a")).observations == (REFUSED,)
+    assert env.result().metrics["tool_rounds"] == 0.0 and env.result().metrics["tool_syntax_ok"] == 1.0
+    env = make_env().limit_tool_rounds(0, answer_turns=1)  # one turn: a call there ends the episode
+    env.reset(ROW)
+    step = env.step(call("search", query="a"))
+    assert step.done and step.finish_reason == "max_turns" and not step.calls[0].ok
+    env.limit_tool_rounds(
+        1
+    )  # T = 1 on the same env (answer_turns=None keeps max_turns): the first round runs
+    env.reset(ROW)
+    assert env.step(call("search", query="x")).calls[0].ok
+    with pytest.raises(ArlkitError, match="max_tool_rounds"):
+        env.limit_tool_rounds(-1)
+    with pytest.raises(ArlkitError, match="answer_turns"):
+        env.limit_tool_rounds(1, answer_turns=0)
 
 
 def test_reward_fn_override_and_misuse() -> None:

@@ -1,4 +1,4 @@
-"""The `arlkit` command: demo, train, eval, inspect."""
+"""The `arlkit` command: demo, train, sft, eval, passk, cea, inspect."""
 
 from __future__ import annotations
 
@@ -40,12 +40,12 @@ def _fail(e: ArlkitError) -> None:
     raise typer.Exit(2)
 
 
-def summary_table(summary: dict, em_label: str = "EM") -> Table:
+def summary_table(summary: dict, em_label: str = "EM", stage: str = "RL") -> Table:
     """Before/after table; `em_label` names what the task's `em` is (e.g. execution accuracy for NL2SQL)."""
-    table = Table(title=f"held-out questions: {summary['n_eval']} · RL steps: {summary['steps']}")
+    table = Table(title=f"held-out questions: {summary['n_eval']} · {stage} steps: {summary['steps']}")
     table.add_column("metric")
     table.add_column("base", justify="right")
-    table.add_column("after RL", justify="right")
+    table.add_column(f"after {stage}", justify="right")
     base, final = summary.get("base", {}), summary.get("final", {})
     rows = [(k, em_label if k == "em" else label) for k, label in SUMMARY_ROWS]
     keys = [*rows, *((k, k) for k in sorted(final) if k.startswith("em/"))]
@@ -86,6 +86,80 @@ def train(
         _run(load_config(config, overrides or []))
     except ArlkitError as e:
         _fail(e)
+
+
+@app.command("sft")
+def sft_cmd(
+    config: Annotated[Path, typer.Argument(help="YAML config (see configs/analyses/sft_toywiki.yaml)")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
+) -> None:
+    """Fine-tune model.path on scripted expert demonstrations (sft.strategy, e.g. all_hops) of the task."""
+    from arlkit.train.sft_run import run_sft
+
+    _quiet_transformers()
+    try:
+        summary = run_sft(load_config(config, overrides or []), console)
+    except ArlkitError as e:
+        _fail(e)
+    console.print(summary_table(summary, stage="SFT"))
+    console.print(
+        f"wall time {summary['seconds']:.0f} s · checkpoint: {summary['run_dir']}/checkpoints/final"
+    )
+
+
+@app.command()
+def passk(
+    config: Annotated[Path, typer.Argument(help="YAML config (see configs/analyses/passk_toywiki.yaml)")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="dotted overrides, e.g. passk.policies.rl=runs/x/checkpoints/final"),
+    ] = None,
+) -> None:
+    """PASS@(k,T) of the policies in passk.policies: curves, boundaries, exclusive solves, efficiency."""
+    from arlkit.eval.passk_run import run_passk
+
+    _quiet_transformers()
+    try:
+        cfg = load_config(config, overrides or [])
+        result = run_passk(cfg, console)
+    except ArlkitError as e:
+        _fail(e)
+    console.print(passk_table(result))
+    console.print(f"wall time {result['seconds']:.0f} s · report: {cfg.train.run_dir}/report.md")
+
+
+def passk_table(result: dict) -> Table:
+    """PASS@1 → PASS@n and the boundary size per policy and cap."""
+    table = Table(title=f"PASS@(k,T): {result['n_questions']} questions, n = {result['n']}")
+    table.add_column("policy")
+    for t in result["caps"]:
+        table.add_column(f"T={t}  @1→@{result['n']}  |B|", justify="right")
+    for p in result["policies"]:
+        cells = []
+        for t in result["caps"]:
+            cap = result["by_cap"][str(t)]
+            curve = cap["pass_at_k"][p]
+            cells.append(f"{curve[0]:.2f}→{curve[-1]:.2f}  {cap['boundary'][p]}")
+        table.add_row(p, *cells)
+    return table
+
+
+@app.command()
+def cea(
+    config: Annotated[Path, typer.Argument(help="YAML config (see configs/analyses/cea_toywiki.yaml)")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
+) -> None:
+    """Capability Effect Attribution: Reas/Tool/Unified models, hybrids, λ per question, gradient angles."""
+    from arlkit.eval.cea_run import run_cea
+
+    _quiet_transformers()
+    try:
+        cfg = load_config(config, overrides or [])
+        result = run_cea(cfg, console)
+    except ArlkitError as e:
+        _fail(e)
+    console.print_json(json.dumps(result["summary"]))
+    console.print(f"wall time {result['seconds']:.0f} s · report: {cfg.train.run_dir}/report.md")
 
 
 @app.command("eval")

@@ -6,6 +6,7 @@ then validated: an unknown key or a bad value fails at load time with the field'
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -302,6 +303,68 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, gt=0)  # torch CPU threads; None keeps torch's default
 
 
+class SFTConfig(_Section):
+    """`arlkit sft`: fine-tune `model.path` on scripted demonstrations of one strategy, on questions of
+    `task.train_split` (the paper's base / SFT / RL comparison, arXiv 2604.14877)."""
+
+    strategy: str = "all_hops"  # the task's demonstration strategy; toywiki's gold expert searches every hop
+    n_demos: int = Field(2000, gt=0)
+    steps: int = Field(200, gt=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(3e-4, gt=0)  # fine-tuning a trained base: ~ the base recipe's final lr (3e-3 × 0.1)
+    warmup: int = Field(10, ge=0)
+
+
+class _SampledQuestions(_Section):
+    """Which questions an analysis samples episodes on, and how many questions share one rollout call."""
+
+    n_questions: int = Field(100, gt=0)  # distinct questions (duplicates of the task's sampler are dropped)
+    split: str = "heldout"  # the task's split; questions are drawn with task.eval_seed
+    questions_per_batch: int = Field(8, gt=0)  # × n episodes per rollout call (the n share a prompt prefill)
+
+
+class PassKConfig(_SampledQuestions):
+    """`arlkit passk`: PASS@(k,T) of several policies (METHODS.md §8, arXiv 2604.14877)."""
+
+    # name -> model path (a checkpoint folder, a Hugging Face id, or "tiny"), in plotting order
+    policies: dict[str, str] = Field(default_factory=dict)
+    n: int = Field(64, gt=0)  # episodes per question and cap; k runs over 1, 2, 4, …, n
+    caps: tuple[int, ...] = (0, 1, 2, 3, 5)  # T: tool rounds allowed (0 refuses every call)
+    answer_turns: int = Field(2, gt=0)  # turns left after the T-th round: max_turns = T + answer_turns
+
+    @field_validator("caps")
+    @classmethod
+    def _caps(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(t < 0 for t in value):
+            raise ValueError("caps must be a non-empty list of tool-round caps T >= 0")
+        return tuple(sorted(set(value)))
+
+    @field_validator("policies")
+    @classmethod
+    def _names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not re.fullmatch(r"[A-Za-z0-9_.-]+", k)]
+        if bad:  # names become file names (passk_heatmap_<name>.png, policies/<name>/)
+            raise ValueError(f"policy names may hold letters, digits, '_', '.', '-' only; got {bad}")
+        return value
+
+
+class CEAConfig(_SampledQuestions):
+    """`arlkit cea`: Capability Effect Attribution (METHODS.md §7, arXiv 2602.00994). The Base is `model.path`;
+    Reas, Tool and Unified are RL-trained from it with the run's algo/rollout/train settings and `algo.loss_roles`
+    set to their roles (ANSWER counts as reasoning), unless a checkpoint is given here."""
+
+    n: int = Field(50, gt=0)  # episodes per question and model (the paper's 50)
+    reas: str | None = (
+        None  # checkpoint of the Reas model (loss on reasoning + answer tokens); None: train it
+    )
+    tool: str | None = None  # checkpoint of the Tool model (loss on action tokens); None: train it
+    unified: str | None = None  # checkpoint of the Unified model (every generated token); None: train it
+    grad_rollouts: int = Field(32, ge=0)  # trajectories for the gradient-angle analysis; 0 skips it
+    grad_group: int = Field(4, gt=1)  # rollouts per question there (their GRPO advantages weight the loss)
+    grad_model: Literal["base", "reas", "tool", "unified"] = "base"  # whose gradients are measured
+    grad_params: str | None = None  # regex: only parameters whose name matches; None: every trainable one
+
+
 class Config(_Section):
     model: ModelConfig = ModelConfig()
     task: TaskConfig = ToyWikiTaskConfig()
@@ -310,6 +373,9 @@ class Config(_Section):
     critic: CriticConfig = CriticConfig()
     tao: TaoConfig = TaoConfig()
     train: TrainConfig = TrainConfig()
+    sft: SFTConfig = SFTConfig()
+    passk: PassKConfig = PassKConfig()
+    cea: CEAConfig = CEAConfig()
 
     @model_validator(mode="after")
     def _critic_when_needed(self) -> Config:

@@ -149,6 +149,7 @@ class ToolEnv:
         reward_fn: RewardFn | None = None,
         show_tool_schemas: bool = True,
         process_reward: ProcessReward | None = None,
+        max_tool_rounds: int | None = None,
     ) -> None:
         self.process_reward = process_reward
         self.show_tool_schemas = show_tool_schemas
@@ -171,6 +172,9 @@ class ToolEnv:
         self.tool_timeout_s = tool_timeout_s
         self.system_prompt = system_prompt
         self.refuse_tools = refuse_tools
+        self.max_tool_rounds: int | None = None
+        if max_tool_rounds is not None:
+            self.limit_tool_rounds(max_tool_rounds)
         self.reward_fn: RewardFn = reward_fn or default_reward
         self._row: dict | None = None
         self._reset_state()
@@ -186,8 +190,33 @@ class ToolEnv:
             params[tname] = (required or props or ["query"])[0]
         return get_format("tags", tool_names=list(self.tools), param_names=params)
 
+    def limit_tool_rounds(self, rounds: int, answer_turns: int | None = None) -> ToolEnv:
+        """Allow at most `rounds` tool rounds (PASS@(k,T)'s cap T, METHODS.md §8): the calls of every later
+        round get a refusal observation, so the episode must answer. `rounds=0` refuses every call.
+
+        A tool round is an assistant turn that held tool calls (well-formed or not) and was not refused.
+        `answer_turns` also sets `max_turns = rounds + answer_turns`: the turns left to answer after the
+        last allowed round (2 lets a policy that tries one more call read the refusal and still answer).
+        Returns the env, for chaining.
+        """
+        if rounds < 0:
+            raise ArlkitError(f"max_tool_rounds must be >= 0, got {rounds}")
+        if answer_turns is not None:
+            if answer_turns < 1:
+                raise ArlkitError(f"answer_turns must be >= 1, got {answer_turns}")
+            self.max_turns = rounds + answer_turns
+        self.max_tool_rounds = rounds
+        return self
+
+    @property
+    def _capped(self) -> bool:
+        """Whether this turn's calls are refused: no tools at all, or the round cap is reached."""
+        cap = self.max_tool_rounds
+        return self.refuse_tools or (cap is not None and self._tool_rounds >= cap)
+
     def _reset_state(self) -> None:
         self._turns = 0
+        self._tool_rounds = 0
         self._done = False
         self._answer: str | None = None
         self._finish_reason: str | None = None
@@ -249,7 +278,9 @@ class ToolEnv:
             return self._finish("answer", ())
         if not parsed.calls and not parsed.errors:
             return self._finish("no_action", ())
-        outcomes = self._run_calls(parsed.calls)
+        refused = self._capped
+        outcomes = self._run_calls(parsed.calls, refused)
+        self._tool_rounds += int(not refused)
         outcomes += [_fail(ToolCall(PARSE_ERROR_NAME, {}), e, syntax=True) for e in parsed.errors]
         self._syntax_errors += sum(o.syntax_error for o in outcomes)
         records = tuple(o.record for o in outcomes)
@@ -272,9 +303,9 @@ class ToolEnv:
         self._done, self._finish_reason = True, reason
         return StepResult((), reward, True, records, self._answer, reason)
 
-    def _prepare(self, call: ToolCall) -> _CallJob | _Outcome:
+    def _prepare(self, call: ToolCall, refused: bool) -> _CallJob | _Outcome:
         """A job ready to run, or the error outcome of a call that cannot run."""
-        if self.refuse_tools:
+        if refused:
             return _fail(call, REFUSAL)
         tool = self.tools.get(call.name)
         if tool is None:
@@ -286,9 +317,10 @@ class ToolEnv:
             return _fail(call, f"invalid arguments for tool '{call.name}': {exc}", syntax=True)
         return _CallJob(tool, args)
 
-    def _run_calls(self, calls: Sequence[ToolCall]) -> list[_Outcome]:
-        """Run the calls concurrently, each under ``tool_timeout_s``; outcomes in call order."""
-        prepared = [self._prepare(c) for c in calls]
+    def _run_calls(self, calls: Sequence[ToolCall], refused: bool = False) -> list[_Outcome]:
+        """Run the calls concurrently, each under ``tool_timeout_s``; outcomes in call order (all refused when
+        `refused`)."""
+        prepared = [self._prepare(c, refused) for c in calls]
         jobs = [p for p in prepared if isinstance(p, _CallJob)]
         for job in jobs:
             job.thread.start()
@@ -337,6 +369,7 @@ class ToolEnv:
             answer_ok=float(answer_ok),
             n_calls=float(len(self._records)),
             n_failed_calls=float(sum(not r.ok for r in self._records)),
+            tool_rounds=float(self._tool_rounds),
             turns=float(self._turns),
         )
         return EpisodeResult(float(self.reward_fn(metrics)), metrics, self._answer, self._finish_reason)

@@ -15,6 +15,7 @@ CURVES = (
     ("rollout/em", "train EM"),
     ("eval/em", "held-out EM"),
     ("rollout/tool_calls", "tool calls / episode"),
+    ("sft/loss", "SFT loss"),
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +126,7 @@ def load_policy(
     Raises:
         ArlkitError: the path does not hold a loadable model or tokenizer.
     """
-    check_local_path(path, needs="config.json")
+    check_local_path(path, needs=None if lora_checkpoint_base(path) else "config.json")
     tokenizer = load_tokenizer(path)
     saved = load_routed(path, DTYPES[dtype]) if Path(str(path)).is_dir() else None
     if saved is not None or routing is not None:
@@ -146,7 +147,24 @@ def load_policy(
     return Policy(model=model, tokenizer=tokenizer, ref_model=ref)
 
 
+def lora_checkpoint_base(path: str | Path) -> str | None:
+    """The base model of a LoRA checkpoint (a folder of adapters only, as a run with `model.lora` saves), or
+    None when `path` is not one."""
+    p = Path(str(path)).expanduser()
+    if not (p / "adapter_config.json").is_file() or (p / "config.json").is_file():
+        return None
+    return json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+
+
 def _from_pretrained(path: str | Path, dtype: str, field: str = "model.path") -> torch.nn.Module:
+    """A causal LM; a LoRA checkpoint loads as its base with the adapters merged (evaluation and analyses of
+    LoRA runs read the policy that training produced)."""
+    base = lora_checkpoint_base(path)
+    if base is not None:
+        from peft import PeftModel
+
+        model = _from_pretrained(base, dtype, f"{field} (the base named in {path}/adapter_config.json)")
+        return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
     except Exception as e:  # transformers raises many types; the user needs the path and the cause
