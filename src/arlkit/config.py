@@ -291,12 +291,47 @@ class TaoConfig(_Section):
     tool_aware_only: bool = True  # shape post-tool tokens only (the paper); False: every generated token
 
 
+class BranchingConfig(_Section):
+    """Branched rollouts (METHODS.md §5): after the `rollout.n` initial rollouts of a prompt, up to `branches`
+    more rollouts resume the multi-turn tool loop from a prefix of one of them (its ids kept as they are).
+
+    appo (arXiv 2606.12384): branch points are the top tokens by BS = z(H)·z(Ω) (entropy alone when Ω ≡ 1,
+    logged as `appo/omega_degenerate`); initial and branch rollouts are GRPO-normalised apart, branch rows take
+    no loss, their mean advantage is credited to the parent's prefix, token rewards are scaled by M_t, and
+    advantages by the procedure-level (future-KL) factor. arpo (arXiv 2507.19849): after a tool response whose
+    first-k-token entropy rose (U − w·ΔH ≤ p), `per_point` rollouts regenerate that turn; every rollout then
+    trains in its prompt's group (ARPO's soft advantage attribution: shared prefixes appear in every branch).
+    """
+
+    mode: Literal["none", "appo", "arpo"] = "none"
+    branches: int = Field(8, ge=0)  # branch rollouts per prompt: APPO's B = n − n_initial, ARPO's M − N
+    per_point: int | None = Field(None, gt=0)  # rollouts per branch point; None: APPO 1, ARPO 2 (its beam)
+    # APPO's Ω_t = clip(exp(Σ_{j≥t} γ^{j−t}(log π_cur − log π_rollout)), 1 ± omega_clip)
+    omega_gamma: float = Field(1.0, ge=0, le=1)
+    omega_clip: float = Field(0.2, ge=0, lt=1)
+    reward_decay: float = Field(0.9, ge=0, le=1)  # APPO reward scaling M_t = 1 + (BS/BS_max)·decay^{t_b−t}
+    future_kl: bool = True  # APPO procedure-level advantage scaling (after FIPO, arXiv 2603.19835)
+    future_kl_gamma: float = Field(2 ** (-1 / 64), gt=0, le=1)
+    future_kl_max: float = Field(1.2, ge=1)  # f_t = clip(exp(FutureKL_t), 1, future_kl_max)
+    future_kl_dual_clip: float = Field(3.0, gt=1)  # a negative token with ratio above this is dual-clipped
+    arpo_k: int = Field(20, gt=0)  # ARPO: tokens after a tool response whose mean entropy is measured
+    arpo_p: float = Field(0.5, ge=0, le=1)  # ARPO: branch when U − w·ΔH ≤ p
+    arpo_w: float = Field(0.2, ge=0)
+
+    @property
+    def branches_per_point(self) -> int:
+        return self.per_point or (1 if self.mode == "appo" else 2)
+
+
 class TrainConfig(_Section):
     steps: int = Field(100, ge=0)
     seed: int = 0
     eval_every: int = Field(0, ge=0)  # 0: evaluate only before and after training
     eval_base: bool = True  # evaluate before training (a comparison of many runs needs it only once)
     save_every: int = Field(0, ge=0)  # 0: save only the final checkpoint
+    # stop once the run has sampled this many tokens (all rollouts, branches included; a prefix a branch
+    # shares is not counted again): equal generation budgets for methods that spend them differently
+    sampled_token_budget: int | None = Field(None, gt=0)
     run_dir: str = "runs/default"
     n_samples: int = Field(8, ge=0)  # trajectories written to samples.jsonl per logged step
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -372,6 +407,7 @@ class Config(_Section):
     algo: AlgoConfig = AlgoConfig()
     critic: CriticConfig = CriticConfig()
     tao: TaoConfig = TaoConfig()
+    branching: BranchingConfig = BranchingConfig()
     train: TrainConfig = TrainConfig()
     sft: SFTConfig = SFTConfig()
     passk: PassKConfig = PassKConfig()
@@ -387,6 +423,11 @@ class Config(_Section):
             raise ValueError(
                 f"critic.kind: advantage {self.algo.advantage!r} needs a critic; set critic.kind to "
                 "'separate' or 'value_head'"
+            )
+        if self.branching.mode == "appo" and self.algo.advantage != "grpo":
+            raise ValueError(
+                f"algo.advantage: branching.mode 'appo' brings its own credit (dual-group GRPO); set "
+                f"algo.advantage to 'grpo' (got {self.algo.advantage!r})"
             )
         return self
 

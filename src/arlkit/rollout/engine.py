@@ -295,6 +295,22 @@ def share_prompt_prefill(episodes: Sequence[Episode]) -> None:
         first.setdefault(key, ep)
 
 
+def rollout_episodes(
+    backend: Generator | EpisodeRunner,
+    tokenizer: Any,
+    make_env: Callable[[], Any],
+    rows: Sequence[dict],
+    group_ids: Sequence[int],
+    params: RolloutParams,
+) -> list[Episode]:
+    """Run one episode per row with `backend`; returns the finished Episodes in the order of `rows` (they can
+    still be branched: `Episode.branch`, `Episode.resume_turn`)."""
+    episodes = [Episode(make_env(), tokenizer, r, g, params) for r, g in zip(rows, group_ids, strict=True)]
+    share_prompt_prefill(episodes)
+    as_runner(backend).run(episodes, params)
+    return episodes
+
+
 def rollout(
     backend: Generator | EpisodeRunner,
     tokenizer: Any,
@@ -307,7 +323,4 @@ def rollout(
 
     Returns finished Trajectories in the order of `rows`.
     """
-    episodes = [Episode(make_env(), tokenizer, r, g, params) for r, g in zip(rows, group_ids, strict=True)]
-    share_prompt_prefill(episodes)
-    as_runner(backend).run(episodes, params)
-    return [ep.traj for ep in episodes]
+    return [ep.traj for ep in rollout_episodes(backend, tokenizer, make_env, rows, group_ids, params)]

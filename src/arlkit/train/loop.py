@@ -18,7 +18,8 @@ from arlkit.config import Config
 from arlkit.eval.evaluate import episode_metrics, evaluate
 from arlkit.eval.plots import plot_curves
 from arlkit.models.routing import save_routed
-from arlkit.rollout.engine import RolloutParams, rollout
+from arlkit.rollout.engine import Episode, RolloutParams, rollout, rollout_episodes
+from arlkit.train.branching_step import Tree, branch_advantages, branch_shapers, grow_tree
 from arlkit.train.filters import Filtered, post_tool, tao_filter
 from arlkit.train.setup import Setup, progress, setup
 from arlkit.train.shapers import Shaper, TaoEntropyShaper
@@ -51,9 +52,10 @@ class Collected:
     trajectories: list[Trajectory]
     rounds: int  # rollout rounds this step (1 without dynamic sampling)
     groups_dropped: int  # groups whose rewards were all equal (dynamic sampling)
+    episodes: tuple[Episode, ...] = ()  # the finished episodes of `trajectories` (branching resumes them)
 
 
-def _rollout_prompts(s: Setup, n_prompts: int, temperature: float) -> list[Trajectory]:
+def _rollout_prompts(s: Setup, n_prompts: int, temperature: float) -> list[Episode]:
     """n rollouts for each of the next `n_prompts` training prompts; the group id is the prompt's index."""
     start = s.cursor
     s.cursor += n_prompts
@@ -62,7 +64,7 @@ def _rollout_prompts(s: Setup, n_prompts: int, temperature: float) -> list[Traje
     rows = [r for _, r in prompts for _ in range(n)]
     groups = [g for g, _ in prompts for _ in range(n)]
     params = rollout_params(s.cfg, temperature)
-    return rollout(s.generator, s.policy.tokenizer, s.task.make_env, rows, groups, params)
+    return rollout_episodes(s.generator, s.policy.tokenizer, s.task.make_env, rows, groups, params)
 
 
 def collect(s: Setup) -> Collected:
@@ -71,20 +73,24 @@ def collect(s: Setup) -> Collected:
     size, and a short batch after the last round is trained as it is (`rollout/sampling_rounds` says so)."""
     cfg = s.cfg
     want, kept, rounds, dropped = cfg.rollout.prompts_per_step, [], 0, 0
+    episodes: list[Episode] = []
     while rounds == 0 or (cfg.algo.dynamic_sampling and rounds < cfg.algo.max_sampling_rounds):
         n_groups = len({t.group_id for t in kept})
         if n_groups >= want:
             break
-        trajs = _rollout_prompts(s, want - n_groups, cfg.rollout.temperature)
+        eps = _rollout_prompts(s, want - n_groups, cfg.rollout.temperature)
+        trajs = [e.traj for e in eps]
         rounds += 1
         if cfg.algo.dynamic_sampling:
             index = torch.tensor([t.group_id for t in trajs])
             keep = varied_groups(torch.tensor([t.total_reward for t in trajs]), index - index.min())
             dropped += len({t.group_id for t, k in zip(trajs, keep.tolist(), strict=True) if not k})
-            trajs = [t for t, k in zip(trajs, keep.tolist(), strict=True) if k]
-        kept += trajs
-    first = list(dict.fromkeys(t.group_id for t in kept))[:want]
-    return Collected([t for t in kept if t.group_id in set(first)], rounds, dropped)
+            eps = [e for e, k in zip(eps, keep.tolist(), strict=True) if k]
+        kept += [e.traj for e in eps]
+        episodes += eps
+    first = set(list(dict.fromkeys(t.group_id for t in kept))[:want])
+    eps = tuple(e for e in episodes if e.traj.group_id in first)
+    return Collected([e.traj for e in eps], rounds, dropped, eps)
 
 
 def greedy_baselines(s: Setup, trajs: list[Trajectory]) -> torch.Tensor:
@@ -157,6 +163,11 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     behaviour = {f"rollout/{k}": v for k, v in episode_metrics(got.trajectories).items()} | _tao_stats(
         filtered
     )
+    behaviour["rollout/sampled_tokens"] = float(sum(t.n_generated for t in got.trajectories))
+    tree = grow_tree(s, got.episodes, filtered, step) if cfg.branching.mode != "none" else None
+    if tree:  # branched rollouts join the batch (APPO, ARPO): rows, loss weights and their metrics
+        trajs, filtered = tree.trajectories, tree.filtered
+        behaviour |= tree.stats
     if not trajs:  # every group was filtered out: nothing to learn from this step
         return behaviour | {"actor/skipped_step": 1.0, "timing_s/rollout": time.perf_counter() - t0}
     baselines = (
@@ -168,7 +179,11 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     batch = collate(trajs, s.policy.tokenizer.pad_token_id)
     train_actor = step > cfg.critic.warmup_steps
     data = prepare(s, batch, baselines)
-    data = replace(data, batch=loss_weighted(s, batch, filtered), shapers=build_shapers(s, batch, trajs))
+    data = replace(
+        data, batch=loss_weighted(s, batch, filtered), shapers=build_shapers(s, batch, trajs, tree)
+    )
+    if tree:
+        data = branch_advantages(s.cfg.branching, data, tree)
     t2 = time.perf_counter()
     stats = update(
         s.policy,
@@ -211,13 +226,15 @@ def loss_weighted(s: Setup, batch: Batch, filtered: Filtered | None) -> Batch:
     return replace(batch, loss_mask=mask)
 
 
-def build_shapers(s: Setup, batch: Batch, trajs: list[Trajectory]) -> tuple[Shaper, ...]:
+def build_shapers(
+    s: Setup, batch: Batch, trajs: list[Trajectory], tree: Tree | None = None
+) -> tuple[Shaper, ...]:
     """The per-micro-batch advantage shapers the config asks for, in the order they apply."""
     shapers: list[Shaper] = []
     tao = s.cfg.tao
     if tao.enabled and tao.entropy_shaping:
         shapers.append(TaoEntropyShaper(post_tool(batch, trajs), tao.alpha, tao.tool_aware_only))
-    return tuple(shapers)
+    return tuple(shapers) + (branch_shapers(s.cfg.branching) if tree else ())
 
 
 def _tao_stats(filtered: Filtered | None) -> dict[str, float]:
@@ -270,18 +287,22 @@ def train(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     s = setup(cfg, console)
     console.print(f"[bold]run folder[/] {s.run.path}  ·  held-out questions: {len(s.eval_rows)}")
     base = run_eval(s, 0, "base") if cfg.task.n_eval and cfg.train.eval_base else {}
+    sampled, step = 0.0, 0
     with progress(console) as prog:
         bar = prog.add_task("RL", total=cfg.train.steps, info="")
         for step in range(1, cfg.train.steps + 1):
             metrics = train_step(s, step)
             s.run.log(step, metrics)
+            sampled += metrics.get("rollout/sampled_tokens", 0.0)
             info = f"reward {metrics['rollout/reward']:+.3f} · EM {metrics['rollout/em']:.3f}"
             prog.update(bar, completed=step, info=info)
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
                 run_eval(s, step, f"step{step}")
             if cfg.train.save_every and step % cfg.train.save_every == 0:
                 save_checkpoint(s, f"step_{step}")
-    final = run_eval(s, cfg.train.steps, "final") if cfg.task.n_eval else {}
+            if cfg.train.sampled_token_budget and sampled >= cfg.train.sampled_token_budget:
+                break  # the generation budget is spent (equal budgets across methods)
+    final = run_eval(s, step, "final") if cfg.task.n_eval else {}
     save_checkpoint(s, "final")
     plot_curves(s.run.read_metrics(), s.run.path / "curves.png")
     s.run.close()
@@ -289,7 +310,8 @@ def train(cfg: Config, console: Console | None = None) -> dict[str, Any]:
         "base": base,
         "final": final,
         "n_eval": len(s.eval_rows),
-        "steps": cfg.train.steps,
+        "steps": step,
+        "sampled_tokens": sampled,
         "seconds": time.perf_counter() - t_start,
         "run_dir": str(s.run.path),
     }
