@@ -171,3 +171,18 @@ def test_sampled_token_budget_stops_the_run(tiny, tmp_path) -> None:
     steps = [r for r in records if "rollout/sampled_tokens" in r]
     assert summary["steps"] == 1 and len(steps) == 1
     assert summary["sampled_tokens"] == steps[0]["rollout/sampled_tokens"] > 0
+
+
+def test_tao_appo_and_dart_compose_in_one_step(tiny, tmp_path) -> None:
+    """The three methods in one run: DART's routed engine generates initial rollouts and APPO branches, TAO-RL
+    filters and shapes, APPO credits; only DART's adapters move."""
+    s = _setup(
+        tiny, tmp_path, "model.routing.kind=dart", "algo.lr=1e-2", "branching.mode=appo", "branching.branches=2",
+        "tao.enabled=true", "tao.group_filter=false", "tao.tool_filter=none", "tao.alpha=0.5",
+    )  # fmt: skip
+    before = {k: v.detach().clone() for k, v in s.policy.model.named_parameters()}
+    m = train_step(s, 1)
+    assert all(math.isfinite(v) for v in m.values() if isinstance(v, float))
+    assert m["branch/rollouts"] > 0 and m["appo/omega_degenerate"] == 1.0 and "tao/mean_abs_shift" in m
+    moved = {k for k, v in s.policy.model.named_parameters() if not torch.equal(before[k], v)}
+    assert moved and all(".lora_" in k for k in moved)
