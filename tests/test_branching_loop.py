@@ -119,7 +119,11 @@ def test_appo_credit_in_the_loop_matches_a_hand_computation(tiny, tmp_path) -> N
     assert tree.filtered.loss_weights == [0.0 if b else 1.0 for b in tree.is_branch]
 
 
-@pytest.mark.parametrize("mode,extra", [("appo", ()), ("arpo", ALWAYS_ARPO)], ids=["appo", "arpo"])
+@pytest.mark.parametrize(
+    "mode,extra",
+    [("appo", ()), ("arpo", (*ALWAYS_ARPO, "tao.tool_filter=all_failed_trajectory"))],
+    ids=["appo", "arpo"],
+)
 def test_branching_train_steps_run_finite_and_write_the_tree(tiny, tmp_path, mode, extra) -> None:
     s = _setup(
         tiny, tmp_path, f"branching.mode={mode}", "branching.branches=2", "tao.enabled=true",

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from arlkit.algos.appo import dual_group_advantages, reward_scaling
+from arlkit.algos.tao import tool_filter_all_failed
 from arlkit.config import BranchingConfig
 from arlkit.rollout.branching import BranchPoint, appo_plan, arpo_plan
 from arlkit.rollout.engine import Episode, as_runner
@@ -129,12 +130,23 @@ def grow_tree(s: Setup, episodes: Sequence[Episode], filtered: Filtered | None, 
         rows.append((trajs[i], False, 0.0, weights[i]))
         for b, p in kids[i]:
             b.traj.parent = idx
-            rows.append((b.traj, True, p.score, 0.0 if cfg.mode == "appo" else weights[i]))  # APPO: no loss
+            rows.append((b.traj, True, p.score, 0.0 if cfg.mode == "appo" else _weight(s, b.traj)))
     stats = _stats(cfg, episodes, [b.traj for b in branches], plan, degenerate, runner)
     stats["timing_s/branch"] = time.perf_counter() - t0
     out, is_branch, scores, row_w = (list(col) for col in zip(*rows, strict=True)) if rows else ([],) * 4
     base_stats = filtered.stats if filtered else {}
     return Tree(out, is_branch, scores, Filtered(out, row_w, base_stats), stats)
+
+
+def _weight(s: Setup, traj: Trajectory) -> float:
+    """An ARPO branch's loss weight: TAO-RL's per-trajectory tool filter on its own calls, when configured
+    (APPO branch rows take no loss at all)."""
+    tao = s.cfg.tao
+    if not (tao.enabled and tao.tool_filter == "all_failed_trajectory"):
+        return 1.0
+    calls, ok = traj.tool_calls
+    w = tool_filter_all_failed(torch.tensor([calls]), torch.tensor([ok]), strength=tao.tool_filter_strength)
+    return float(w[0])
 
 
 def _stats(
@@ -169,7 +181,11 @@ def _stats(
 
 def branch_advantages(cfg: BranchingConfig, data: UpdateBatch, tree: Tree) -> UpdateBatch:
     """APPO's credit (dual-group GRPO advantages, branch-to-prefix credit, reward scaling M_t) in place of the
-    configured advantage; ARPO keeps the configured advantage over every row of a prompt's group."""
+    configured advantage; ARPO keeps the configured advantage over every row of a prompt's group.
+
+    APPO's scores are the episodes' token rewards (outcome and process rewards) scaled by M_t; penalties the
+    `algo` section adds to rewards (DAPO's overlong penalty, a KL penalty in the reward) are not part of them.
+    """
     if cfg.mode != "appo":
         return data
     b = data.batch
