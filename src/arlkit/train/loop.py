@@ -303,6 +303,7 @@ def train(cfg: Config, console: Console | None = None) -> dict[str, Any]:
         "steps": cfg.train.steps,
         "seconds": time.perf_counter() - t_start,
         "run_dir": str(s.run.path),
+        "rank": s.dist.rank,
     }
     s.run.write_json("summary.json", summary)
     return summary

@@ -26,6 +26,7 @@ from arlkit.rollout.backends import make_runner
 from arlkit.rollout.engine import EpisodeRunner
 from arlkit.tasks import Task, ToyTask
 from arlkit.tasks import build_task as task_from_config
+from arlkit.tasks.remote import with_ray_tools
 from arlkit.train.distributed import (
     Dist,
     GradSync,
@@ -156,6 +157,7 @@ def setup(cfg: Config, console: Console) -> Setup:
     with main_first(dist):  # one rank fills shared caches (the tiny base, indexes), the others then read them
         task = build_task(cfg)
         path = resolve_model_path(cfg, task, console)
+    task = with_ray_tools(task, cfg.ray)
     policy = build_policy(cfg, path, dist.device)
     broadcast_parameters([policy.model, policy.value_head, policy.critic], dist)
     run = RunDir(cfg.train.run_dir) if dist.is_main else QuietRunDir(cfg.train.run_dir)
