@@ -133,3 +133,12 @@ def test_torchrun_arlkit_train_writes_once(tiny, tmp_path) -> None:
     assert [(r["step"], r["eval/n"]) for r in evals] == [(0, 5.0), (1, 5.0)]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final"]["n"] == 5.0
+
+
+@pytest.mark.parametrize("name", ["ddp_1node.yaml", "ddp_2nodes.yaml"])
+def test_shipped_accelerate_configs_load(name: str) -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(Path(__file__).parents[1] / "configs" / "accelerate" / name))
+    assert cfg.distributed_type.value == "MULTI_GPU"
+    assert cfg.num_processes == 8 * cfg.num_machines  # 8 GPUs per machine
