@@ -24,8 +24,11 @@ from arlkit.train.setup import setup
 
 
 def run_variant(overrides: list[str], trajs: list) -> tuple[dict, dict]:
-    s = setup(load_config(None, overrides), Console(quiet=True))
+    """Overrides ending in "#rank0_only" give ranks other than 0 no trajectories (all filtered out, say)."""
+    s = setup(load_config(None, [o for o in overrides if not o.startswith("#")]), Console(quiet=True))
     mine = [t for t in trajs if t.group_id % s.dist.world_size == s.dist.rank]
+    if overrides[-1] == "#rank0_only" and s.dist.rank:
+        mine = []
     loop.collect = lambda _s: loop.Collected(mine, 1, 0)
     metrics = loop.train_step(s, 1)
     params = {k: v.detach().clone() for k, v in s.policy.model.named_parameters()}

@@ -65,6 +65,8 @@ def job(tiny, tmp_path_factory) -> tuple[Path, dict, dict]:
             "algo.kl_coef=0.05",
             "algo.epochs=2",
         ),
+        # rank 1 has nothing to learn from: it joins rank 0's gradient sums with an empty batch
+        "rank1_idle": tiny_run_overrides(tiny.sft_dir, root / "c", *common, "#rank0_only"),
     }
     path = root / "job.pkl"
     path.write_bytes(pickle.dumps({"variants": variants, "trajectories": trajs}))
@@ -74,7 +76,9 @@ def job(tiny, tmp_path_factory) -> tuple[Path, dict, dict]:
     single = {}
     try:
         for name, ov in variants.items():
-            single[name] = dist_worker.run_variant(ov, trajs)
+            # the global batch of "rank1_idle" is rank 0's groups (prompts 0 and 2) alone
+            mine = [t for t in trajs if t.group_id % 2 == 0] if name == "rank1_idle" else trajs
+            single[name] = dist_worker.run_variant(ov, mine)
     finally:
         loop.collect = _collect  # run_variant replaced it
     return path, single, variants
