@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/pip install --quiet -e ".[dev,tensorboard,parquet]"
+	$(BIN)/pip install --quiet -e ".[dev,tensorboard,parquet,ray]"
 	touch $@
 
 install: $(VENV)/.installed

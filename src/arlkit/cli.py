@@ -62,6 +62,8 @@ def _run(cfg: Config) -> dict:
     from arlkit.tasks import TASKS
 
     summary = train(cfg, console)
+    if summary.get("rank", 0):  # one table per job, not per process
+        return summary
     console.print(summary_table(summary, TASKS.get(cfg.task.name).em_label))
     console.print(f"wall time {summary['seconds']:.0f} s · summary: {summary['run_dir']}/summary.json")
     return summary

@@ -338,6 +338,17 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, gt=0)  # torch CPU threads; None keeps torch's default
 
 
+class RayConfig(_Section):
+    """Tool calls in a pool of Ray actors (`pip install 'arlkit[ray]'`; tools/ray_pool.py, docs/scale.md)."""
+
+    enabled: bool = False
+    address: str | None = None  # None: a local Ray runtime; "auto" or "ray://head:10001": a cluster
+    num_tool_actors: int = Field(2, gt=0)
+    tool_timeout_s: float = Field(10.0, gt=0)  # per call; a late call's actor is killed and replaced
+    max_in_flight: int = Field(1, gt=0)  # calls submitted to one actor at a time (back-pressure)
+    actor_cpus: float = Field(1.0, gt=0)  # Ray CPUs reserved per actor
+
+
 class SFTConfig(_Section):
     """`arlkit sft`: fine-tune `model.path` on scripted demonstrations of one strategy, on questions of
     `task.train_split` (the paper's base / SFT / RL comparison, arXiv 2604.14877)."""
@@ -409,6 +420,7 @@ class Config(_Section):
     tao: TaoConfig = TaoConfig()
     branching: BranchingConfig = BranchingConfig()
     train: TrainConfig = TrainConfig()
+    ray: RayConfig = RayConfig()
     sft: SFTConfig = SFTConfig()
     passk: PassKConfig = PassKConfig()
     cea: CEAConfig = CEAConfig()

@@ -51,6 +51,11 @@ def evaluate(
 ) -> EvalResult:
     """One episode per row under `params` (its temperature included); returns metrics and trajectories."""
     trajs = rollout(generator, tokenizer, make_env, rows, list(range(len(rows))), params)
+    return eval_result(trajs)
+
+
+def eval_result(trajs: list[Trajectory]) -> EvalResult:
+    """The metrics of evaluated episodes (also of the union of several ranks' shards)."""
     metrics = episode_metrics(trajs)
     metrics["n"] = float(len(trajs))
     return EvalResult(metrics=metrics, trajectories=trajs)

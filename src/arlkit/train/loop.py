@@ -20,6 +20,7 @@ from arlkit.eval.plots import plot_curves
 from arlkit.models.routing import save_routed
 from arlkit.rollout.engine import Episode, RolloutParams, rollout, rollout_episodes
 from arlkit.train.branching_step import Tree, branch_advantages, branch_shapers, grow_tree
+from arlkit.train.distributed import gather_eval, global_sum, idle_step, prompt_index, reduce_metrics, shard
 from arlkit.train.filters import Filtered, post_tool, tao_filter
 from arlkit.train.setup import Setup, progress, setup
 from arlkit.train.shapers import Shaper, TaoEntropyShaper
@@ -37,9 +38,10 @@ def run_eval(s: Setup, step: int, name: str) -> dict[str, float]:
         s.generator,
         s.policy.tokenizer,
         s.task.make_env,
-        s.eval_rows,
+        shard(s.eval_rows, s.dist),
         rollout_params(s.cfg, s.cfg.rollout.eval_temperature),
     )
+    res = gather_eval(res, s.dist)
     s.run.log(step, {f"eval/{k}": v for k, v in res.metrics.items()})
     s.run.write_samples(
         step, res.trajectories[: s.cfg.train.n_samples], s.policy.tokenizer, name=f"eval_{name}"
@@ -56,10 +58,11 @@ class Collected:
 
 
 def _rollout_prompts(s: Setup, n_prompts: int, temperature: float) -> list[Episode]:
-    """n rollouts for each of the next `n_prompts` training prompts; the group id is the prompt's index."""
-    start = s.cursor
+    """n rollouts for each of this rank's next `n_prompts` training prompts; the group id is the prompt's
+    index in the stream."""
+    index = [prompt_index(s.cursor + i, s.dist) for i in range(n_prompts)]
     s.cursor += n_prompts
-    prompts = [(start + i, s.train_rows[(start + i) % len(s.train_rows)]) for i in range(n_prompts)]
+    prompts = [(g, s.train_rows[g % len(s.train_rows)]) for g in index]
     n = s.cfg.rollout.n
     rows = [r for _, r in prompts for _ in range(n)]
     groups = [g for g, _ in prompts for _ in range(n)]
@@ -72,7 +75,7 @@ def collect(s: Setup) -> Collected:
     refilled from new prompts, up to `max_sampling_rounds` rounds; surplus groups are cut to keep the batch
     size, and a short batch after the last round is trained as it is (`rollout/sampling_rounds` says so)."""
     cfg = s.cfg
-    want, kept, rounds, dropped = cfg.rollout.prompts_per_step, [], 0, 0
+    want, kept, rounds, dropped = cfg.rollout.prompts_per_step // s.dist.world_size, [], 0, 0
     episodes: list[Episode] = []
     while rounds == 0 or (cfg.algo.dynamic_sampling and rounds < cfg.algo.max_sampling_rounds):
         n_groups = len({t.group_id for t in kept})
@@ -168,8 +171,11 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     if tree:  # branched rollouts join the batch (APPO, ARPO): rows, loss weights and their metrics
         trajs, filtered = tree.trajectories, tree.filtered
         behaviour |= tree.stats
-    if not trajs:  # every group was filtered out: nothing to learn from this step
-        return behaviour | {"actor/skipped_step": 1.0, "timing_s/rollout": time.perf_counter() - t0}
+    if not global_sum(len(trajs), s.dist):  # every group was filtered out: nothing to learn from this step
+        skipped = behaviour | {"actor/skipped_step": 1.0, "timing_s/rollout": time.perf_counter() - t0}
+        return reduce_metrics(skipped, len(got.trajectories), s.dist)
+    if not trajs:  # only this rank's groups were: it joins the others' gradient sums with no rows
+        return idle_step(s, step > cfg.critic.warmup_steps, behaviour, len(got.trajectories))
     baselines = (
         greedy_baselines(s, trajs)
         if ADVANTAGES.info(cfg.algo.advantage).get("needs_greedy_baseline")
@@ -195,6 +201,7 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
         s.rng,
         cfg.algo.norm_constant or cfg.token_budget,
         train_actor,
+        s.sync,
     )
     t3 = time.perf_counter()
     metrics = behaviour | step_metrics(trajs, data, stats.actor, stats.critic)
@@ -212,7 +219,7 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     )
     if cfg.train.n_samples:
         s.run.write_samples(step, trajs[: cfg.train.n_samples], s.policy.tokenizer)
-    return metrics
+    return reduce_metrics(metrics, len(got.trajectories), s.dist)
 
 
 def loss_weighted(s: Setup, batch: Batch, filtered: Filtered | None) -> Batch:
@@ -268,6 +275,8 @@ def step_metrics(
 def save_checkpoint(s: Setup, name: str) -> Path:
     """Weights (or LoRA adapters), tokenizer and critic via save_pretrained, so any HF tool can load them."""
     path = s.run.path / "checkpoints" / name
+    if not s.dist.is_main:  # the weights are the same on every rank
+        return path
     if s.policy.routing is not None:
         save_routed(s.policy.model, path, s.policy.routing)
     else:
@@ -285,6 +294,7 @@ def train(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
     t_start = time.perf_counter()
     s = setup(cfg, console)
+    console = console if s.dist.is_main else Console(quiet=True)
     console.print(f"[bold]run folder[/] {s.run.path}  ·  held-out questions: {len(s.eval_rows)}")
     base = run_eval(s, 0, "base") if cfg.task.n_eval and cfg.train.eval_base else {}
     sampled, step = 0.0, 0
@@ -304,7 +314,8 @@ def train(cfg: Config, console: Console | None = None) -> dict[str, Any]:
                 break  # the generation budget is spent (equal budgets across methods)
     final = run_eval(s, step, "final") if cfg.task.n_eval else {}
     save_checkpoint(s, "final")
-    plot_curves(s.run.read_metrics(), s.run.path / "curves.png")
+    if s.dist.is_main:
+        plot_curves(s.run.read_metrics(), s.run.path / "curves.png")
     s.run.close()
     summary = {
         "base": base,
@@ -314,6 +325,7 @@ def train(cfg: Config, console: Console | None = None) -> dict[str, Any]:
         "sampled_tokens": sampled,
         "seconds": time.perf_counter() - t_start,
         "run_dir": str(s.run.path),
+        "rank": s.dist.rank,
     }
     s.run.write_json("summary.json", summary)
     return summary

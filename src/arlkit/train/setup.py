@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,12 +20,23 @@ from rich.progress import (
 
 from arlkit.config import Config
 from arlkit.errors import ArlkitError
-from arlkit.models.loading import DTYPES, Policy, load_policy, resolve_device
+from arlkit.models.loading import DTYPES, Policy, load_policy
 from arlkit.models.value import ValueHead, load_critic
 from arlkit.rollout.backends import make_runner
 from arlkit.rollout.engine import EpisodeRunner
 from arlkit.tasks import Task, ToyTask
 from arlkit.tasks import build_task as task_from_config
+from arlkit.tasks.remote import with_ray_tools
+from arlkit.train.distributed import (
+    Dist,
+    GradSync,
+    QuietRunDir,
+    broadcast_parameters,
+    check_divisible,
+    init_distributed,
+    main_first,
+    rollout_seed,
+)
 from arlkit.train.run_dir import RunDir
 from arlkit.train.update import Optimisers
 
@@ -43,7 +54,9 @@ class Setup:
     train_rows: list[dict]
     eval_rows: list[dict]
     rng: torch.Generator
-    cursor: int = 0
+    cursor: int = 0  # this rank's own count of prompts taken (train/distributed.py maps it to the stream)
+    dist: Dist = field(default_factory=Dist)
+    sync: GradSync | None = None  # the gradient sum across ranks; None in one process
 
 
 def build_task(cfg: Config) -> Task:
@@ -139,10 +152,15 @@ def setup(cfg: Config, console: Console) -> Setup:
     torch.manual_seed(cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    task = build_task(cfg)
-    policy = build_policy(cfg, resolve_model_path(cfg, task, console), device)
-    run = RunDir(cfg.train.run_dir)
+    dist = init_distributed(cfg.train.device)
+    check_divisible(cfg.rollout.prompts_per_step, dist)
+    with main_first(dist):  # one rank fills shared caches (the tiny base, indexes), the others then read them
+        task = build_task(cfg)
+        path = resolve_model_path(cfg, task, console)
+    task = with_ray_tools(task, cfg.ray)
+    policy = build_policy(cfg, path, dist.device)
+    broadcast_parameters([policy.model, policy.value_head, policy.critic], dist)
+    run = RunDir(cfg.train.run_dir) if dist.is_main else QuietRunDir(cfg.train.run_dir)
     run.write_config(cfg.model_dump())
     # enough distinct prompts for every step even when dynamic sampling draws extra rounds
     rounds = cfg.algo.max_sampling_rounds if cfg.algo.dynamic_sampling else 1
@@ -156,7 +174,7 @@ def setup(cfg: Config, console: Console) -> Setup:
             policy.model,
             policy.tokenizer.pad_token_id,
             max_batch=cfg.rollout.max_batch,
-            seed=cfg.train.seed,
+            seed=rollout_seed(cfg.train.seed, dist),
             prefill_tokens=cfg.rollout.prefill_tokens,
             cuda_graphs=cfg.rollout.cuda_graphs,
             routing=policy.routing,
@@ -166,6 +184,8 @@ def setup(cfg: Config, console: Console) -> Setup:
         train_rows=task.rows(cfg.task.train_split, n_train, seed=cfg.train.seed + 1000),
         eval_rows=task.rows("heldout", cfg.task.n_eval, seed=cfg.task.eval_seed),
         rng=torch.Generator().manual_seed(cfg.train.seed),
+        dist=dist,
+        sync=GradSync(dist) if dist.enabled else None,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +19,9 @@ from arlkit.models.packing import MicroBatching
 from arlkit.models.routing import adapter_parameters, routes_from_roles, token_adapters
 from arlkit.train.shapers import MicroBatch, Shaper
 from arlkit.trajectory import Batch
+
+if TYPE_CHECKING:
+    from arlkit.train.distributed import GradSync
 
 
 @dataclass(frozen=True)
@@ -100,12 +104,15 @@ def update(
     generator: torch.Generator,
     norm_constant: float | None = None,
     train_actor: bool = True,
+    sync: GradSync | None = None,
 ) -> UpdateStats:
     """Update the policy (and critic) in place; returns mean statistics over micro-batches.
 
     Batch tensors are on CPU and moved per micro-batch. `train_actor=False` trains only the critic (PPO
     critic warm-up). Each optimiser step follows one mini-batch; micro-batch losses are weighted by their
-    share of the mini-batch so accumulated gradients equal the mini-batch gradient.
+    share of the mini-batch so accumulated gradients equal the mini-batch gradient. With `sync` (several
+    processes, train/distributed.py) the mini-batch is the union of every rank's: weights are shares of the
+    global mini-batch and gradients are summed across ranks before clipping. A rank may hold no rows.
     """
     B = data.batch.input_ids.shape[0]
     sums: dict[str, float] = defaultdict(float)
@@ -113,24 +120,38 @@ def update(
     policy.model.train()
     for _ in range(algo.epochs):
         perm = torch.randperm(B, generator=generator)
-        for mini in perm.chunk(algo.mini_batches):
+        # ranks must take the same number of optimiser steps: tensor_split always gives `mini_batches` parts
+        minis = perm.tensor_split(algo.mini_batches) if sync else perm.chunk(algo.mini_batches)
+        for mini in minis:
             opts.actor.zero_grad(set_to_none=True)
             if opts.critic is not None:
                 opts.critic.zero_grad(set_to_none=True)
             n_tokens = data.batch.loss_mask[mini].sum().clamp(min=1.0)
-            for rows in algo.micro_batching.split(mini, data.batch.attention_mask):
-                weight = _share(data.batch, rows, n_tokens, len(mini), algo.aggregation)
+            local = float(data.batch.loss_mask[mini].sum()) if algo.aggregation == "token_mean" else len(mini)
+            scale = sync.share(local) if sync else 1.0
+            for rows in algo.micro_batching.split(mini, data.batch.attention_mask) if len(mini) else []:
+                weight = _share(data.batch, rows, n_tokens, len(mini), algo.aggregation) * scale
                 stats = _micro_step(
                     policy, data, rows, weight, algo, critic_cfg, temperature, norm_constant, train_actor
                 )
                 for k, v in stats.items():
                     sums[k] += v
                     counts[k] += 1
+            if sync:
+                sync.all_reduce(synced_parameters(policy))
             _optimizer_steps(policy, opts, algo, critic_cfg, train_actor, sums, counts)
     means = {k: sums[k] / max(counts.get(k, 1), 1) for k in sums}
     actor = {k: v for k, v in means.items() if not k.startswith("critic:")}
     critic = {k.removeprefix("critic:"): v for k, v in means.items() if k.startswith("critic:")}
     return UpdateStats(actor=actor, critic=critic)
+
+
+def synced_parameters(policy: Policy) -> list[torch.nn.Parameter]:
+    """Every parameter an optimiser steps: the actor's (value head included) and a separate critic's."""
+    params = policy.trainable_parameters()
+    if policy.critic is not None:
+        params += [p for p in policy.critic.parameters() if p.requires_grad]
+    return params
 
 
 def _share(batch: Batch, rows: torch.Tensor, n_tokens: torch.Tensor, n_rows: int, aggregation: str) -> float:

@@ -1,0 +1,66 @@
+"""One RL update on given trajectories, in as many processes as the launcher starts (tests/test_distributed.py).
+
+    torchrun --nproc_per_node 2 tests/dist_worker.py JOB.pkl OUT_DIR
+
+JOB.pkl holds {"variants": {name: [overrides]}, "trajectories": [...]}. Each rank replaces `collect` by its
+share of the trajectories (the groups whose prompt index `train/distributed.py` gives it), runs the real
+`train_step`, and rank 0 writes OUT_DIR/<name>.pt with the parameters and the reduced metrics. Also checks
+the metric reduction on a hand-made case.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+import arlkit.train.loop as loop
+from arlkit.config import load_config
+from arlkit.train.distributed import reduce_metrics
+from arlkit.train.setup import setup
+
+
+def run_variant(overrides: list[str], trajs: list) -> tuple[dict, dict]:
+    """Overrides ending in "#rank0_only" give ranks other than 0 no trajectories (all filtered out, say)."""
+    s = setup(load_config(None, [o for o in overrides if not o.startswith("#")]), Console(quiet=True))
+    mine = [t for t in trajs if t.group_id % s.dist.world_size == s.dist.rank]
+    if overrides[-1] == "#rank0_only" and s.dist.rank:
+        mine = []
+    loop.collect = lambda _s: loop.Collected(mine, 1, 0)
+    metrics = loop.train_step(s, 1)
+    params = {k: v.detach().clone() for k, v in s.policy.model.named_parameters()}
+    return params, metrics | {"_rank_trajectories": float(len(mine)), "_world": float(s.dist.world_size)}
+
+
+def check_reduction(rank: int, world: int) -> dict[str, float]:
+    """Rank r reports reward r and weight r + 1; the reduced values are worked out in the test."""
+    from arlkit.train.distributed import Dist
+
+    dist = Dist(rank=rank, world_size=world)
+    mine = {"rollout/reward": float(rank), "timing_s/update": float(rank), "perf/gen_tokens_per_s": 10.0}
+    mine |= {"rollout/advantage_max": float(rank), "rollout/advantage_min": float(rank)}
+    if rank == 0:
+        mine["tao/only_rank0"] = 7.0
+    return reduce_metrics(mine, rank + 1, dist)
+
+
+def main(job_path: str, out_dir: str) -> None:
+    job = pickle.loads(Path(job_path).read_bytes())
+    results = {name: run_variant(ov, job["trajectories"]) for name, ov in job["variants"].items()}
+    import torch.distributed as tdist
+
+    world = tdist.get_world_size() if tdist.is_initialized() else 1
+    rank = tdist.get_rank() if tdist.is_initialized() else 0
+    reduced = check_reduction(rank, world) if world > 1 else {}
+    if rank == 0:
+        for name, (params, metrics) in results.items():
+            torch.save(
+                {"params": params, "metrics": metrics, "reduced": reduced}, Path(out_dir) / f"{name}.pt"
+            )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
