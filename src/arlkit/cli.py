@@ -55,13 +55,13 @@ def summary_table(summary: dict, em_label: str = "EM", stage: str = "RL") -> Tab
     return table
 
 
-def _run(cfg: Config) -> dict:
+def _run(cfg: Config, resume: bool = False) -> dict:
     from arlkit.train.loop import train
 
     _quiet_transformers()
     from arlkit.tasks import TASKS
 
-    summary = train(cfg, console)
+    summary = train(cfg, console, resume=resume)
     console.print(summary_table(summary, TASKS.get(cfg.task.name).em_label))
     console.print(f"wall time {summary['seconds']:.0f} s · summary: {summary['run_dir']}/summary.json")
     return summary
@@ -80,10 +80,13 @@ def demo(overrides: Annotated[list[str] | None, typer.Argument(help="key=value o
 def train(
     config: Annotated[Path, typer.Argument(help="YAML config (see configs/)")],
     overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from the newest complete checkpoint in train.run_dir")
+    ] = False,
 ) -> None:
     """Train with a YAML config plus dotted overrides, e.g. `algo.lr=1e-5 train.steps=50`."""
     try:
-        _run(load_config(config, overrides or []))
+        _run(load_config(config, overrides or []), resume)
     except ArlkitError as e:
         _fail(e)
 

@@ -26,6 +26,7 @@ from arlkit.rollout.backends import make_runner
 from arlkit.rollout.engine import EpisodeRunner
 from arlkit.tasks import Task, ToyTask
 from arlkit.tasks import build_task as task_from_config
+from arlkit.train.loggers import build_loggers
 from arlkit.train.run_dir import RunDir
 from arlkit.train.update import Optimisers
 
@@ -143,6 +144,7 @@ def setup(cfg: Config, console: Console) -> Setup:
     task = build_task(cfg)
     policy = build_policy(cfg, resolve_model_path(cfg, task, console), device)
     run = RunDir(cfg.train.run_dir)
+    run.loggers = tuple(build_loggers(cfg, run.path))
     run.write_config(cfg.model_dump())
     # enough distinct prompts for every step even when dynamic sampling draws extra rounds
     rounds = cfg.algo.max_sampling_rounds if cfg.algo.dynamic_sampling else 1

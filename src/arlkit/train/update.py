@@ -3,6 +3,7 @@ accumulation, gradient clipping, and a skipped step (counted) when gradients are
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ from arlkit.models.packing import MicroBatching
 from arlkit.models.routing import adapter_parameters, routes_from_roles, token_adapters
 from arlkit.train.shapers import MicroBatch, Shaper
 from arlkit.trajectory import Batch
+
+# losses whose non-finite value in any micro-batch skips the mini-batch's optimiser steps (train/guards.py)
+LOSS_STATS = ("pg_loss", "kl", "critic:value_loss")
 
 
 @dataclass(frozen=True)
@@ -118,15 +122,17 @@ def update(
             if opts.critic is not None:
                 opts.critic.zero_grad(set_to_none=True)
             n_tokens = data.batch.loss_mask[mini].sum().clamp(min=1.0)
+            finite = True
             for rows in algo.micro_batching.split(mini, data.batch.attention_mask):
                 weight = _share(data.batch, rows, n_tokens, len(mini), algo.aggregation)
                 stats = _micro_step(
                     policy, data, rows, weight, algo, critic_cfg, temperature, norm_constant, train_actor
                 )
+                finite = finite and all(math.isfinite(stats.get(k, 0.0)) for k in LOSS_STATS)
                 for k, v in stats.items():
                     sums[k] += v
                     counts[k] += 1
-            _optimizer_steps(policy, opts, algo, critic_cfg, train_actor, sums, counts)
+            _optimizer_steps(policy, opts, algo, critic_cfg, train_actor, sums, counts, finite)
     means = {k: sums[k] / max(counts.get(k, 1), 1) for k in sums}
     actor = {k: v for k, v in means.items() if not k.startswith("critic:")}
     critic = {k.removeprefix("critic:"): v for k, v in means.items() if k.startswith("critic:")}
@@ -148,8 +154,10 @@ def _optimizer_steps(
     train_actor: bool,
     sums: dict[str, float],
     counts: dict[str, int],
+    finite_loss: bool = True,
 ) -> None:
-    """Clip and step each optimiser; a non-finite gradient norm skips that step (and is counted)."""
+    """Clip and step each optimiser. A non-finite gradient norm, or a non-finite loss anywhere in the
+    mini-batch (`finite_loss` False), skips the step: its gradients are dropped and the skip is counted."""
     pairs = [("", opts.actor, opts.actor_schedule, policy.trainable_parameters(), algo.grad_clip)]
     if opts.critic is not None:
         params = [p for p in policy.critic.parameters() if p.requires_grad]
@@ -158,9 +166,10 @@ def _optimizer_steps(
         if not prefix and not train_actor and policy.value_head is None:
             continue
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        if torch.isfinite(grad_norm):
+        if finite_loss and torch.isfinite(grad_norm):
             opt.step()
         else:
+            opt.zero_grad(set_to_none=True)
             sums[f"{prefix}skipped_updates"] += 1.0
         if sched is not None:
             sched.step()
