@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import tiny_run_overrides
 from rich.console import Console
@@ -23,11 +24,12 @@ from arlkit.train.checkpoint import (
     clean_partial,
     config_changes,
     latest_checkpoint,
+    resume_run,
     rotate,
     save_checkpoint,
 )
 from arlkit.train.guards import TrainState
-from arlkit.train.loop import setup, train
+from arlkit.train.loop import setup, train, train_step
 
 STEPS = 4
 KILL_IN_STEP = 3
@@ -171,7 +173,7 @@ def test_resume_without_a_checkpoint_or_of_a_finished_run_says_so(tiny, tmp_path
     with pytest.raises(ArlkitError, match=r"no complete checkpoint .*train\.save_every"):
         train(cfg, Console(quiet=True), resume=True)
     train(cfg, Console(quiet=True))  # 2 steps, then checkpoints/final
-    with pytest.raises(ArlkitError, match=r"finished .*step 2.*raise train\.steps"):
+    with pytest.raises(ArlkitError, match=r"finished \(summary\.json, 2 steps\); raise train\.steps"):
         train(cfg, Console(quiet=True), resume=True)
 
 
@@ -179,3 +181,34 @@ def test_config_changes_name_the_dotted_fields() -> None:
     saved = {"algo": {"lr": 1e-5, "epochs": 1}, "train": {"steps": 4}}
     now = {"algo": {"lr": 2e-5, "epochs": 1}, "train": {"steps": 4, "wandb": True}}
     assert config_changes(saved, now) == ["algo.lr", "train.wandb"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("model.lora.rank=4", "algo.advantage=gae", "critic.kind=value_head"),  # adapters + value head
+        ("algo.mini_batches=2", "algo.epochs=2"),  # shuffled mini-batches draw on the Setup's generator
+    ],
+    ids=["lora_value_head", "full_minibatches"],
+)
+def test_resume_in_process_continues_exactly(tiny, tmp_path, extra) -> None:
+    """Step 2 after restoring the step-1 checkpoint into a fresh Setup equals step 2 of the run that wrote it."""
+    s = _setup(tiny, tmp_path / "run", *extra)
+    train_step(s, 1)
+    save_checkpoint(s, "step_1", TrainState(step=1))
+    want = train_step(s, 2)
+    weights = {k: v.detach().clone() for k, v in s.policy.model.named_parameters()}
+
+    fresh = _setup(tiny, tmp_path / "run", *extra)
+    state = resume_run(fresh, Console(quiet=True))
+    assert state == TrainState(step=1) and fresh.cursor == 2  # 2 prompts per step
+    got = train_step(fresh, 2)
+    assert _comparable([got]) == _comparable([want])
+    assert all(torch.equal(v, weights[k]) for k, v in fresh.policy.model.named_parameters())
+    if fresh.policy.value_head is not None:
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(
+                fresh.policy.value_head.parameters(), s.policy.value_head.parameters(), strict=True
+            )
+        )

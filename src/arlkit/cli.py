@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from arlkit.config import Config, load_config
@@ -36,7 +37,8 @@ SUMMARY_ROWS = (
 
 
 def _fail(e: ArlkitError) -> None:
-    console.print(f"[bold red]error:[/] {e}")
+    # escaped: a message may hold square brackets (`pip install 'arlkit[wandb]'`) that rich would take as markup
+    console.print(f"[bold red]error:[/] {escape(str(e))}")
     raise typer.Exit(2)
 
 

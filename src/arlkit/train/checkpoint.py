@@ -13,6 +13,7 @@ at any instant leaves either the previous checkpoint or the new one, never half 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -201,12 +202,9 @@ def clean_partial(checkpoints: Path) -> None:
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
-    """The resumable checkpoint of the highest step (`final` wins a tie: it holds the final evaluation)."""
-    found = []
-    for p in [*step_dirs(checkpoints), checkpoints / "final"]:
-        if (p / STATE_FILE).is_file():
-            found.append((_load(p)["loop"]["step"], p.name == "final", p))
-    return max(found, key=lambda x: x[:2])[2] if found else None
+    """The complete step_N folder of the highest step (`final` is an export only: it holds no state)."""
+    found = [p for p in step_dirs(checkpoints) if (p / STATE_FILE).is_file()]
+    return found[-1] if found else None
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -231,9 +229,16 @@ def resume_run(s: Setup, console: Console) -> TrainState:
     random states, data cursor) and rewind the logs to it; returns the loop's counters.
 
     Raises:
-        ArlkitError: no resumable checkpoint, a finished run, or a checkpoint of another kind of policy.
+        ArlkitError: a finished run (summary.json), no resumable checkpoint, or a checkpoint of another kind
+            of policy or critic.
     """
     ckpts = s.run.path / "checkpoints"
+    summary = s.run.path / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("steps", 0) >= s.cfg.train.steps:
+        raise ArlkitError(
+            f"--resume: the run in {s.run.path} is finished (summary.json, {s.cfg.train.steps} steps); "
+            "raise train.steps to train further"
+        )
     clean_partial(ckpts)
     path = latest_checkpoint(ckpts)
     if path is None:
@@ -246,11 +251,6 @@ def resume_run(s: Setup, console: Console) -> TrainState:
             f"--resume: {path / STATE_FILE} has format {saved.get('version')!r}, not {STATE_VERSION}"
         )
     state = TrainState(**saved["loop"])
-    if path.name == "final" and state.step >= s.cfg.train.steps:
-        raise ArlkitError(
-            f"--resume: the run in {s.run.path} is finished (checkpoints/final, step {state.step}); "
-            f"raise train.steps above {state.step} to train further"
-        )
     changed = config_changes(saved["config"], s.cfg.model_dump(mode="json"))
     if changed:
         console.print(
@@ -275,6 +275,8 @@ def restore(s: Setup, saved: dict[str, Any], path: Path) -> None:
         for k, p in params.items():
             p.copy_(saved["trainable"][k])
     for module, key in ((s.policy.value_head, "value_head"), (s.policy.critic, "critic")):
+        if (module is None) != (saved[key] is None):
+            raise ArlkitError(f"--resume: {path} was written with another critic.kind than this config's")
         if module is not None:
             module.load_state_dict(saved[key])
     for key, obj in vars(s.opts).items():

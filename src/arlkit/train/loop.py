@@ -274,7 +274,7 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False) -> 
                 run_eval(s, step, f"step{step}")
             save_state(s, state)  # every train.save_every steps; raises after train.max_bad_steps bad ones
     final = run_eval(s, cfg.train.steps, "final") if cfg.task.n_eval else {}
-    save_checkpoint(s, "final", state)
+    save_checkpoint(s, "final")
     plot_curves(s.run.read_metrics(), s.run.path / "curves.png")
     s.run.close()
     summary = {
