@@ -205,6 +205,19 @@ CASES: list[Case] = [
         "run folder", "inspect a folder that does not exist", "arlkit inspect no_run", "no_run", in_test=True
     ),
     Case("run folder", "inspect a folder without samples", "arlkit inspect empty_dir", "samples.jsonl"),
+    Case(
+        "run folder",
+        "--resume without a checkpoint",
+        "arlkit train cfg.yaml train.run_dir=runs/fresh --resume",
+        "train.save_every",
+        in_test=True,
+    ),
+    Case(
+        "config",
+        "W&B logging without wandb installed",
+        "arlkit train cfg.yaml train.wandb=true",
+        "train.wandb",
+    ),
     # the command line
     Case("CLI", "unknown command", "arlkit trian cfg.yaml", "trian", in_test=True),
     Case("CLI", "missing argument", "arlkit train", "config"),

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from arlkit.config import Config, load_config
@@ -36,7 +37,8 @@ SUMMARY_ROWS = (
 
 
 def _fail(e: ArlkitError) -> None:
-    console.print(f"[bold red]error:[/] {e}")
+    # escaped: a message may hold square brackets (`pip install 'arlkit[wandb]'`) that rich would take as markup
+    console.print(f"[bold red]error:[/] {escape(str(e))}")
     raise typer.Exit(2)
 
 
@@ -55,13 +57,13 @@ def summary_table(summary: dict, em_label: str = "EM", stage: str = "RL") -> Tab
     return table
 
 
-def _run(cfg: Config) -> dict:
+def _run(cfg: Config, resume: bool = False) -> dict:
     from arlkit.train.loop import train
 
     _quiet_transformers()
     from arlkit.tasks import TASKS
 
-    summary = train(cfg, console)
+    summary = train(cfg, console, resume=resume)
     if summary.get("rank", 0):  # one table per job, not per process
         return summary
     console.print(summary_table(summary, TASKS.get(cfg.task.name).em_label))
@@ -82,10 +84,13 @@ def demo(overrides: Annotated[list[str] | None, typer.Argument(help="key=value o
 def train(
     config: Annotated[Path, typer.Argument(help="YAML config (see configs/)")],
     overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from the newest complete checkpoint in train.run_dir")
+    ] = False,
 ) -> None:
     """Train with a YAML config plus dotted overrides, e.g. `algo.lr=1e-5 train.steps=50`."""
     try:
-        _run(load_config(config, overrides or []))
+        _run(load_config(config, overrides or []), resume)
     except ArlkitError as e:
         _fail(e)
 

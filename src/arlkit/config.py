@@ -336,6 +336,12 @@ class TrainConfig(_Section):
     n_samples: int = Field(8, ge=0)  # trajectories written to samples.jsonl per logged step
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, gt=0)  # torch CPU threads; None keeps torch's default
+    keep_checkpoints: int = Field(2, gt=0)  # step_N checkpoints kept (the oldest are deleted); `final` stays
+    # consecutive steps whose loss or gradients are not finite (their updates are skipped) before the run
+    # stops with an error; the last good state is checkpointed first
+    max_bad_steps: int = Field(3, gt=0)
+    wandb: bool = False  # also log metrics to Weights & Biases (`pip install 'arlkit[wandb]'`)
+    wandb_project: str = "arlkit"
 
 
 class RayConfig(_Section):

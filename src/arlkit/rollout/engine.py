@@ -123,7 +123,13 @@ class Episode:
         decoded = self.tokenizer.decode(ids, skip_special_tokens=False)
         self.text += decoded
         self.messages.append({"role": "assistant", "content": _strip_eos(decoded, self.tokenizer.eos_token)})
-        step = self.env.step(decoded)
+        try:
+            step = self.env.step(decoded)
+        except ArlkitError:  # a configuration error stops the run with its message
+            raise
+        except Exception as exc:  # a bug in env code, not the model's doing (a failed tool call never raises)
+            self.crash(exc)
+            return
         self.traj.set_turn_outcome(step.calls, step.reward)
         if step.done:
             self.finish(step.finish_reason or "done")
@@ -141,7 +147,13 @@ class Episode:
         self._checkpoints.append(self._checkpoint())
 
     def finish(self, reason: str) -> None:
-        result = self.env.result()
+        try:
+            result = self.env.result()
+        except ArlkitError:
+            raise
+        except Exception as exc:
+            self.crash(exc)
+            return
         self.done = True
         self.traj.reward = float(result.reward)
         self.traj.metadata.update(
@@ -151,6 +163,22 @@ class Episode:
                 "gold": self.row.get("answer"),
                 "kind": self.row.get("kind"),
                 "metrics": dict(result.metrics),
+            }
+        )
+
+    def crash(self, exc: Exception) -> None:
+        """End the episode because its env raised: reward 0, the error in `metadata["env_error"]`; the loop
+        leaves such episodes out of the update (train/guards.py) instead of stopping the run."""
+        self.done = True
+        self.traj.reward = 0.0
+        self.traj.metadata.update(
+            {
+                "finish_reason": "env_error",
+                "env_error": f"{type(exc).__name__}: {exc}",
+                "answer": None,
+                "gold": self.row.get("answer"),
+                "kind": self.row.get("kind"),
+                "metrics": {},
             }
         )
 

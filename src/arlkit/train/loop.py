@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,11 +16,12 @@ from arlkit.algos.shaping import overlong_penalty, varied_groups
 from arlkit.config import Config
 from arlkit.eval.evaluate import episode_metrics, evaluate
 from arlkit.eval.plots import plot_curves
-from arlkit.models.routing import save_routed
 from arlkit.rollout.engine import Episode, RolloutParams, rollout, rollout_episodes
 from arlkit.train.branching_step import Tree, branch_advantages, branch_shapers, grow_tree
+from arlkit.train.checkpoint import resume_or_start, save_checkpoint, save_state
 from arlkit.train.distributed import gather_eval, global_sum, idle_step, prompt_index, reduce_metrics, shard
 from arlkit.train.filters import Filtered, post_tool, tao_filter
+from arlkit.train.guards import env_error_metrics, observe_step, without_env_errors
 from arlkit.train.setup import Setup, progress, setup
 from arlkit.train.shapers import Shaper, TaoEntropyShaper
 from arlkit.train.update import UpdateBatch, batch_logprobs, batch_values, update
@@ -161,14 +161,16 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     cfg = s.cfg
     t0 = time.perf_counter()
     got = collect(s)
-    filtered = tao_filter(got.trajectories, cfg.tao) if cfg.tao.enabled else None
-    trajs = filtered.trajectories if filtered else got.trajectories
-    behaviour = {f"rollout/{k}": v for k, v in episode_metrics(got.trajectories).items()} | _tao_stats(
-        filtered
-    )
+    clean = without_env_errors(got.trajectories)  # an env that raised gives nothing to learn from
+    filtered = tao_filter(clean, cfg.tao) if cfg.tao.enabled else None
+    trajs = filtered.trajectories if filtered else clean
+    behaviour = {f"rollout/{k}": v for k, v in episode_metrics(clean).items()} | _tao_stats(filtered)
+    behaviour |= env_error_metrics(got.trajectories)
     behaviour["rollout/sampled_tokens"] = float(sum(t.n_generated for t in got.trajectories))
-    tree = grow_tree(s, got.episodes, filtered, step) if cfg.branching.mode != "none" else None
-    if tree:  # branched rollouts join the batch (APPO, ARPO): rows, loss weights and their metrics
+    tree = None
+    if cfg.branching.mode != "none":  # branched rollouts join the batch (APPO, ARPO): rows, weights, metrics
+        episodes = [e for e in got.episodes if "env_error" not in e.traj.metadata]
+        tree = grow_tree(s, episodes, filtered, step)
         trajs, filtered = tree.trajectories, tree.filtered
         behaviour |= tree.stats
     if not global_sum(len(trajs), s.dist):  # every group was filtered out: nothing to learn from this step
@@ -272,44 +274,34 @@ def step_metrics(
     return metrics
 
 
-def save_checkpoint(s: Setup, name: str) -> Path:
-    """Weights (or LoRA adapters), tokenizer and critic via save_pretrained, so any HF tool can load them."""
-    path = s.run.path / "checkpoints" / name
-    if not s.dist.is_main:  # the weights are the same on every rank
-        return path
-    if s.policy.routing is not None:
-        save_routed(s.policy.model, path, s.policy.routing)
-    else:
-        s.policy.model.save_pretrained(path)
-    s.policy.tokenizer.save_pretrained(path)
-    if s.policy.value_head is not None:
-        s.policy.value_head.save(path)
-    if s.policy.critic is not None:
-        s.policy.critic.save(path / "critic")
-    return path
-
-
-def train(cfg: Config, console: Console | None = None) -> dict[str, Any]:
-    """Run RL as configured; evaluates before and after. Returns the summary also written to summary.json."""
+def train(cfg: Config, console: Console | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run RL as configured; evaluates before and after. Returns the summary also written to summary.json.
+    `resume`: continue from the run folder's newest complete checkpoint (train/checkpoint.py)."""
     console = console or Console()
     t_start = time.perf_counter()
     s = setup(cfg, console)
     console = console if s.dist.is_main else Console(quiet=True)
     console.print(f"[bold]run folder[/] {s.run.path}  ·  held-out questions: {len(s.eval_rows)}")
-    base = run_eval(s, 0, "base") if cfg.task.n_eval and cfg.train.eval_base else {}
-    sampled, step = 0.0, 0
+    state = resume_or_start(s, console, resume)
+    fresh_base = state.step == 0 and cfg.task.n_eval and cfg.train.eval_base
+    base = run_eval(s, 0, "base") if fresh_base else s.run.eval_metrics(0)
+    sampled, step = 0.0, state.step
     with progress(console) as prog:
-        bar = prog.add_task("RL", total=cfg.train.steps, info="")
-        for step in range(1, cfg.train.steps + 1):
+        bar = prog.add_task("RL", total=cfg.train.steps, info="", completed=state.step)
+        for step in range(state.step + 1, cfg.train.steps + 1):
             metrics = train_step(s, step)
+            metrics |= observe_step(state, metrics)
+            state.step = step
             s.run.log(step, metrics)
             sampled += metrics.get("rollout/sampled_tokens", 0.0)
-            info = f"reward {metrics['rollout/reward']:+.3f} · EM {metrics['rollout/em']:.3f}"
+            nan = float("nan")  # a step whose every episode crashed has no rollout metrics
+            info = (
+                f"reward {metrics.get('rollout/reward', nan):+.3f} · EM {metrics.get('rollout/em', nan):.3f}"
+            )
             prog.update(bar, completed=step, info=info)
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
                 run_eval(s, step, f"step{step}")
-            if cfg.train.save_every and step % cfg.train.save_every == 0:
-                save_checkpoint(s, f"step_{step}")
+            save_state(s, state)  # every train.save_every steps; raises after train.max_bad_steps bad ones
             if cfg.train.sampled_token_budget and sampled >= cfg.train.sampled_token_budget:
                 break  # the generation budget is spent (equal budgets across methods)
     final = run_eval(s, step, "final") if cfg.task.n_eval else {}

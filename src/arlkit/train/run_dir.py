@@ -6,7 +6,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -15,25 +15,34 @@ from arlkit.trajectory import Trajectory, json_floats
 from arlkit.viewer.tokens import token_pieces
 
 
+class MetricLogger(Protocol):
+    """A sink for the run's metrics besides metrics.jsonl and TensorBoard."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class RunDir:
     """Writes everything a run produces under one folder; metrics are namespaced `section/name`."""
 
-    def __init__(self, path: str | Path, tensorboard: bool = True):
+    def __init__(self, path: str | Path, tensorboard: bool = True, loggers: Sequence[MetricLogger] = ()):
         self.path = Path(path)
+        self.loggers = tuple(loggers)  # more sinks for the same metrics (Weights & Biases, train/loggers.py)
         if self.path.exists() and not self.path.is_dir():
             raise ArlkitError(f"train.run_dir {str(self.path)!r} is a file; give a folder (new or a run's)")
         try:
             (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         except OSError as e:  # permissions, a read-only disk, a parent that is a file
             raise ArlkitError(f"cannot create the run folder train.run_dir {str(self.path)!r}: {e}") from None
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        self._tb = self._tensorboard() if tensorboard else None
 
-                self._tb = SummaryWriter(str(self.path / "tensorboard"))
-            except ImportError:  # tensorboard is an optional extra
-                self._tb = None
+    def _tensorboard(self, purge_step: int | None = None) -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is an optional extra
+            return None
+        return SummaryWriter(str(self.path / "tensorboard"), purge_step=purge_step)
 
     def write_config(self, config: dict[str, Any]) -> None:
         (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -46,6 +55,25 @@ class RunDir:
             for k, v in clean.items():
                 if v is not None:
                     self._tb.add_scalar(k, v, step)
+        for logger in self.loggers:
+            logger.log(step, {k: v for k, v in clean.items() if v is not None})
+
+    def log_sizes(self) -> dict[str, int]:
+        """Byte size of each JSONL log: where `rewind` cuts them back to on resume."""
+        return {p.name: p.stat().st_size for p in sorted(self.path.glob("*.jsonl"))}
+
+    def rewind(self, sizes: dict[str, int], step: int) -> None:
+        """Cut the logs back to `sizes` (a checkpoint's `log_sizes`), deleting logs begun after it, so a resumed
+        run appends to logs with neither duplicates nor gaps; TensorBoard hides its events after `step`."""
+        for p in self.path.glob("*.jsonl"):
+            if p.name not in sizes:
+                p.unlink()
+                continue
+            with p.open("r+b") as f:
+                f.truncate(sizes[p.name])
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = self._tensorboard(purge_step=step + 1)
 
     def write_samples(
         self,
@@ -77,9 +105,16 @@ class RunDir:
         p = self.path / "metrics.jsonl"
         return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
 
+    def eval_metrics(self, step: int) -> dict[str, float]:
+        """The logged `eval/` metrics of `step`, without the prefix (e.g. the base evaluation of a resumed run)."""
+        rows = [r for r in self.read_metrics() if r["step"] == step]
+        return {k.removeprefix("eval/"): v for r in rows for k, v in r.items() if k.startswith("eval/")}
+
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         (self.path / name).write_text(json.dumps(data, indent=2, default=str))
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        for logger in self.loggers:
+            logger.close()

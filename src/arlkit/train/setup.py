@@ -37,6 +37,7 @@ from arlkit.train.distributed import (
     main_first,
     rollout_seed,
 )
+from arlkit.train.loggers import build_loggers
 from arlkit.train.run_dir import RunDir
 from arlkit.train.update import Optimisers
 
@@ -161,6 +162,7 @@ def setup(cfg: Config, console: Console) -> Setup:
     policy = build_policy(cfg, path, dist.device)
     broadcast_parameters([policy.model, policy.value_head, policy.critic], dist)
     run = RunDir(cfg.train.run_dir) if dist.is_main else QuietRunDir(cfg.train.run_dir)
+    run.loggers = tuple(build_loggers(cfg, run.path)) if dist.is_main else ()
     run.write_config(cfg.model_dump())
     # enough distinct prompts for every step even when dynamic sampling draws extra rounds
     rounds = cfg.algo.max_sampling_rounds if cfg.algo.dynamic_sampling else 1

@@ -3,6 +3,7 @@ accumulation, gradient clipping, and a skipped step (counted) when gradients are
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ from arlkit.trajectory import Batch
 
 if TYPE_CHECKING:
     from arlkit.train.distributed import GradSync
+
+# losses whose non-finite value in any micro-batch skips the mini-batch's optimiser steps (train/guards.py)
+LOSS_STATS = ("pg_loss", "kl", "critic:value_loss")
 
 
 @dataclass(frozen=True)
@@ -129,17 +133,19 @@ def update(
             n_tokens = data.batch.loss_mask[mini].sum().clamp(min=1.0)
             local = float(data.batch.loss_mask[mini].sum()) if algo.aggregation == "token_mean" else len(mini)
             scale = sync.share(local) if sync else 1.0
+            finite = True
             for rows in algo.micro_batching.split(mini, data.batch.attention_mask) if len(mini) else []:
                 weight = _share(data.batch, rows, n_tokens, len(mini), algo.aggregation) * scale
                 stats = _micro_step(
                     policy, data, rows, weight, algo, critic_cfg, temperature, norm_constant, train_actor
                 )
+                finite = finite and all(math.isfinite(stats.get(k, 0.0)) for k in LOSS_STATS)
                 for k, v in stats.items():
                     sums[k] += v
                     counts[k] += 1
-            if sync:
+            if sync:  # a rank's non-finite gradients reach every rank here, so all ranks skip together
                 sync.all_reduce(synced_parameters(policy))
-            _optimizer_steps(policy, opts, algo, critic_cfg, train_actor, sums, counts)
+            _optimizer_steps(policy, opts, algo, critic_cfg, train_actor, sums, counts, finite)
     means = {k: sums[k] / max(counts.get(k, 1), 1) for k in sums}
     actor = {k: v for k, v in means.items() if not k.startswith("critic:")}
     critic = {k.removeprefix("critic:"): v for k, v in means.items() if k.startswith("critic:")}
@@ -169,8 +175,10 @@ def _optimizer_steps(
     train_actor: bool,
     sums: dict[str, float],
     counts: dict[str, int],
+    finite_loss: bool = True,
 ) -> None:
-    """Clip and step each optimiser; a non-finite gradient norm skips that step (and is counted)."""
+    """Clip and step each optimiser. A non-finite gradient norm, or a non-finite loss anywhere in the
+    mini-batch (`finite_loss` False), skips the step: its gradients are dropped and the skip is counted."""
     pairs = [("", opts.actor, opts.actor_schedule, policy.trainable_parameters(), algo.grad_clip)]
     if opts.critic is not None:
         params = [p for p in policy.critic.parameters() if p.requires_grad]
@@ -179,9 +187,10 @@ def _optimizer_steps(
         if not prefix and not train_actor and policy.value_head is None:
             continue
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        if torch.isfinite(grad_norm):
+        if finite_loss and torch.isfinite(grad_norm):
             opt.step()
         else:
+            opt.zero_grad(set_to_none=True)
             sums[f"{prefix}skipped_updates"] += 1.0
         if sched is not None:
             sched.step()
