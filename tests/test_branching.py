@@ -37,13 +37,13 @@ def _traj(tokenizer, words: list[str], roles: list[Role], entropies: list[float]
 def test_allowed_positions_skip_punctuation_and_turn_ends(tokenizer):
     # "Ġ," is a comma token, "<|im_end|>" ends the turn: neither may be a branch point
     t = _traj(
-        tokenizer, ["<|im_start|>", "ĠBerg", ",", "ĠAna", "<|im_end|>"], [P, R, R, R, R], [0, 1, 1, 1, 1]
+        tokenizer, ["<|im_start|>", "Ġborn", ",", "Ġworks", "<|im_end|>"], [P, R, R, R, R], [0, 1, 1, 1, 1]
     )
     assert allowed_positions(t, tokenizer) == [False, True, False, True, False]
 
 
 def test_appo_plan_degenerate_omega_picks_top_entropy_per_group(tokenizer):
-    words = ["<|im_start|>", "ĠBerg", "ĠAna", "ĠLind", "ĠHolm", "<|im_end|>"]
+    words = ["<|im_start|>", "Ġborn", "Ġworks", "Ġcity", "Ġcountry", "<|im_end|>"]
     roles = [P, R, R, R, R, R]
     a = _traj(tokenizer, words, roles, [0, 0.1, 3.0, 0.2, 2.0, 5.0], group=7)
     b = _traj(tokenizer, words, roles, [0, 2.5, 0.1, 0.1, 0.1, 9.0], group=7)
@@ -59,7 +59,7 @@ def test_appo_plan_degenerate_omega_picks_top_entropy_per_group(tokenizer):
 
 
 def test_appo_plan_with_current_logprobs_needs_positive_omega(tokenizer):
-    words = ["<|im_start|>", "ĠBerg", "ĠAna", "ĠLind", "ĠHolm", "<|im_end|>"]
+    words = ["<|im_start|>", "Ġborn", "Ġworks", "Ġcity", "Ġcountry", "<|im_end|>"]
     t = _traj(tokenizer, words, [P, R, R, R, R, R], [0, 0.1, 3.0, 0.2, 2.9, 0.0])
     # Δ = cur - rollout (rollout logprob -1 everywhere) = -0.2 at position 2: suffix sums -0.2, -0.2, 0, 0, 0
     # over positions 1..5 -> Ω = 0.819, 0.819, 1, 1, 1 -> z(Ω) > 0 at 3, 4, 5
@@ -71,7 +71,7 @@ def test_appo_plan_with_current_logprobs_needs_positive_omega(tokenizer):
 
 
 def test_arpo_plan_branches_when_entropy_rises_after_a_tool_response(tokenizer):
-    words = ["<|im_start|>", "ĠBerg", "ĠAna", "<|im_end|>", "ĠLind", "ĠHolm", "ĠBerg"]
+    words = ["<|im_start|>", "Ġborn", "Ġworks", "<|im_end|>", "Ġcity", "Ġcountry", "Ġborn"]
     roles = [P, R, A, OBS, R, R, R]
     # turn 0 (a call): H_initial = mean(1, 1) = 1; turn 1 after the response: mean(3, 3) = 3 -> ΔH = 2
     hot = _traj(tokenizer, words, roles, [0, 1, 1, 0, 3, 3, 3], calls=(0,))

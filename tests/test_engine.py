@@ -18,6 +18,7 @@ from arlkit.rollout.continuous import ContinuousEngine
 from arlkit.rollout.engine import Episode, RolloutParams, TurnSyncRunner, rollout, share_prompt_prefill
 from arlkit.rollout.generator import GenerateBaseline, HFGenerator
 from arlkit.rollout.kv_cache import SlotCache
+from arlkit.tools.search import BM25Search
 from arlkit.trajectory import GENERATED_ROLES
 
 
@@ -54,7 +55,9 @@ class AlwaysSearch:
 
 @pytest.fixture(scope="module")
 def make_env(task):
-    return lambda: ToolEnv([task.search], QAScorer(), fmt=AlwaysSearch(), max_turns=4)
+    # three documents per search, so that some episodes outgrow max_length (the context_length finish)
+    search = BM25Search([(d.title, d.text) for d in task.world.docs], top_k=3)
+    return lambda: ToolEnv([search], QAScorer(), fmt=AlwaysSearch(), max_turns=4)
 
 
 @pytest.fixture(scope="module")

@@ -215,3 +215,34 @@ def test_sft_and_rl_splits_halve_the_train_people(world) -> None:
     assert not (people["sft"] | people["rl"]) & people["heldout"]
     heldout_names = {p.name for p in world.people if p.heldout}
     assert not (people["sft"] | people["rl"]) & heldout_names
+
+
+def test_redrawn_twin_keeps_train_names_and_redraws_their_facts(world: World) -> None:
+    twin = world.redrawn(3)
+    train = [p for p in world.people if not p.heldout]
+    assert [p.name for p in twin.people] == [p.name for p in train]  # no held-out person in a twin
+    assert not {d.title for d in twin.docs} & {p.name for p in world.people if p.heldout}
+    assert set(twin.cities) == set(world.cities) and set(twin.orgs) == set(world.orgs)
+    assert set(twin.cities.values()) == set(world.countries)  # every country still has a city
+    # the facts are drawn again: most people's birth city differs (1 in n_cities agree by chance)
+    same = sum(a.born_in == b.born_in for a, b in zip(train, twin.people, strict=True))
+    assert same < len(train) * 0.2
+    assert world.redrawn(3) == twin and world.redrawn(4) != twin  # deterministic in the twin index
+    for q in twin.questions("train", 50, seed=1):  # questions follow the twin's own facts
+        assert q.answer in " ".join(twin.doc_by_title(h).text for h in q.hops) or q.kind == "comparison"
+
+
+def test_toywiki_demo_sources_spread_over_twins() -> None:
+    from arlkit.tasks import ToyWikiTask
+
+    task = ToyWikiTask(n_people=200)
+    sources = task.demo_sources(40, seed=1)
+    assert len(sources) == 40
+    twins = [t.twin for t, _ in sources]
+    assert twins[: task.demo_twins] == list(range(task.demo_twins))  # interleaved
+    held = {p.name for p in task.world.people if p.heldout}
+    for t, row in sources:
+        assert not set(row["hops"]) & held
+        # the row's answer is in its own twin's documents, searched through the twin's index
+        hit = t.search(query=row["hops"][-1])
+        assert row["kind"] == "comparison" or row["answer"] in str(hit)

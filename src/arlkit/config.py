@@ -95,7 +95,7 @@ class ToyWikiTaskConfig(_TaskSection):
     seed: int = 0  # world seed; must match the tiny base's world when model.path is "tiny"
     n_people: int = Field(1500, gt=10)
     heldout_frac: float = Field(0.2, gt=0, lt=1)
-    top_k: int = Field(2, gt=0)  # documents per search
+    top_k: int = Field(1, gt=0)  # documents per search (one: the tiny base copies from it reliably)
     fmt: Literal["hermes", "tags"] = "tags"  # the tiny base is trained on this format
     # RL questions: "rl" = train people the tiny base's SFT never saw (so memory does not answer them);
     # "train" = all train people. Held-out people are never in either.

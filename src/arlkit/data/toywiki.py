@@ -60,7 +60,7 @@ QUESTION_TEMPLATES: dict[str, dict[str, str]] = {
     "3hop": {"employer_country": "In which country is the employer of {p} based?"},
 }
 DOC_TEMPLATES = {
-    "person": "{name} was born in {year} in {city}. {name} works for {org}.",
+    "person": "{name} was born in {city} in {year}. {name} works for {org}.",
     "city": "{name} is a city in {country}.",
     "org": "{name} is an organisation based in {city}, founded in {year}.",
     "country": "{name} is a country. Its cities include {cities}.",
@@ -125,6 +125,32 @@ class World:
             return self._by_title[title]
         except KeyError:
             raise KeyError(f"no ToyWiki document titled {title!r}") from None
+
+    def redrawn(self, twin: int) -> World:
+        """A twin of this world for SFT demonstrations: the same place and organisation names and the train
+        people's names (held-out people are left out), with every relation drawn again from `twin`.
+
+        Demonstrations spread over several twins show a name with different facts in each, so a tiny model
+        cannot answer them from memory and has to learn to read the answer off the search results; trained
+        on one world it memorises the facts of the people it saw instead, and never learns to copy.
+        """
+        rng = random.Random(f"toywiki-twin|{self.seed}|{twin}")
+        city_names = tuple(self.cities)
+        order = rng.sample(city_names, len(city_names))
+        # as in make_world, the first cities cover every country once
+        n = len(self.countries)
+        cities = {c: self.countries[i] if i < n else rng.choice(self.countries) for i, c in enumerate(order)}
+        cities = {c: cities[c] for c in city_names}  # keep the original doc order
+        orgs = {o: (rng.choice(city_names), rng.randint(1800, 1990)) for o in self.orgs}
+        org_names = tuple(self.orgs)
+        people = tuple(
+            Person(p.name, rng.choice(city_names), rng.randint(1900, 1999), rng.choice(org_names), False)
+            for p in self.people
+            if not p.heldout
+        )
+        return World(
+            _make_docs(people, cities, orgs, self.countries), people, cities, orgs, self.countries, self.seed
+        )
 
     def _pool(self, split: str) -> list[Person]:
         """People a split's questions are about. "sft" and "rl" halve the train people, so an RL stage can

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar
@@ -29,6 +30,7 @@ class ToyWikiTask:
     demo_strategies: ClassVar[tuple[str, ...]] = ("none", "first_hop", "all_hops")
     extra_tokens: ClassVar[tuple[str, ...]] = ()  # <search> is one of arlkit's own delimiters
     tiny_recipe: ClassVar[dict] = {}  # the recipe's defaults were tuned on toywiki
+    demo_twins: ClassVar[int] = 16  # world twins the SFT demonstrations are spread over (demo_sources)
 
     seed: int = 0
     n_people: int = 1500
@@ -36,7 +38,7 @@ class ToyWikiTask:
     n_countries: int = 12
     n_orgs: int = 25
     heldout_frac: float = 0.2
-    top_k: int = 2
+    top_k: int = 1  # one document per search: the tiny base copies from it more reliably than from two
     max_turns: int = 4
     fmt: str = "tags"  # fewer tokens per call than hermes JSON: the tiny base learns to copy names sooner
     show_tool_schemas: bool = False
@@ -79,22 +81,68 @@ class ToyWikiTask:
     def text_corpus(self) -> list[str]:
         return self.world.text_corpus()
 
+    def demo_sources(self, n: int, seed: int) -> list[tuple[ToyWikiTask, dict]]:
+        """`n` (task, question row) pairs for the tiny base's SFT demonstrations, spread evenly over
+        `demo_twins` twins of the world (`World.redrawn`): each train person's name comes with different
+        facts in each twin, so the demonstrations teach reading the search results, not memorising facts.
+        A twin's rows and search index are its own; held-out people appear in none of them."""
+        twins = [
+            _Twin(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, twin=i)
+            for i in range(self.demo_twins)
+        ]
+        per = -(-n // len(twins))  # ceil
+        rows = [[(t, r) for r in t.rows("train", per, seed=seed + 7919 * i)] for i, t in enumerate(twins)]
+        return [pair for group in zip(*rows, strict=True) for pair in group][:n]  # interleaved over twins
+
     def demo_actions(self, row: dict, strategy: str) -> list[str]:
         """The assistant turns of a scripted demonstration (text), ending with the gold answer.
 
-        Names in queries and answers carry a leading space, as they do in the documents and questions, so a
-        name has the same token ids wherever it appears and the tiny model can copy it (with Qwen2's
-        pre-tokenisation "Ana" and " Ana" are different tokens).
+        After each search the next turn first restates the fact it read, copied from the result up to the
+        entity it needs ("So Gil Pohl works for Corodyne. I need Corodyne."): a copy of the words that follow
+        the same words in the observation, which a tiny model learns long before it learns to pick one name
+        out of a document by meaning (without the restatement a 3M-parameter base never learned to copy
+        answers from results at all). Names carry a leading space, as in the documents and questions, so a
+        name has the same token ids wherever it appears (with Qwen2's pre-tokenisation "Ana" and " Ana"
+        are different tokens).
         """
         if strategy not in self.demo_strategies:
             raise ArlkitError(f"unknown toywiki strategy {strategy!r}; valid: {self.demo_strategies}")
         if strategy == "none":
             return [f"I know this.<answer> {row['answer']}</answer>"]
         hops = list(row["hops"]) if strategy == "all_hops" else list(row["hops"][:1])
-        calls = [f"I need {h}.{self._call_text(h)}" for h in hops]
-        return [*calls, f"So the answer is<answer> {row['answer']}</answer>"]
+        # "So" first: a name opening a message would be a different token than the " Name" of the documents
+        facts = [f"So {self._fact(h, t)}." for h, t in zip(hops, self._targets(row), strict=False)]
+        turns = [f"I need {hops[0]}.{self._call_text(hops[0])}"]
+        turns += [f"{fact} I need {h}.{self._call_text(h)}" for fact, h in zip(facts, hops[1:], strict=False)]
+        return [*turns, f"{facts[len(hops) - 1]} The answer is<answer> {row['answer']}</answer>"]
+
+    def _targets(self, row: dict) -> list[str]:
+        """What each hop's document is read for: the next hop, the answer after the last one, and for a
+        comparison each person's birth year."""
+        if row["kind"] == "comparison":
+            years = {p.name: str(p.birth_year) for p in self.world.people}
+            return [years[h] for h in row["hops"]]
+        return [*row["hops"][1:], row["answer"]]
+
+    def _fact(self, title: str, target: str) -> str:
+        """The sentence of `title`'s document that holds `target`, cut after it."""
+        for sentence in self.world.doc_by_title(title).text.split(". "):
+            if target in sentence:
+                return sentence[: sentence.index(target) + len(target)]
+        raise ArlkitError(f"toywiki: {target!r} is not in the document of {title!r}")
 
     def _call_text(self, query: str) -> str:
         if self.fmt == "tags":
             return f"<search> {query}</search>"
         return f'<tool_call>{{"name": "search", "arguments": {{"query": " {query}"}}}}</tool_call>'
+
+
+@dataclass(frozen=True)
+class _Twin(ToyWikiTask):
+    """A ToyWikiTask on a redrawn twin of its world (SFT demonstrations only)."""
+
+    twin: int = 0
+
+    @cached_property
+    def world(self) -> World:
+        return ToyWikiTask.world.func(self).redrawn(self.twin)
