@@ -139,6 +139,7 @@ def test_sigkill_inside_a_step_then_resume_gives_the_uninterrupted_metrics(tiny,
     summary = lambda d: json.loads((d / "summary.json").read_text())  # noqa: E731
     assert summary(cut_dir)["final"] == summary(ref_dir)["final"]
     assert summary(cut_dir)["base"] == summary(ref_dir)["base"]
+    assert summary(cut_dir)["sampled_tokens"] == summary(ref_dir)["sampled_tokens"]  # counted across the kill
     # samples.jsonl (sampled trajectories, token ids included) also continue without duplicates
     ref_samples = (ref_dir / "samples.jsonl").read_text().splitlines()
     assert (cut_dir / "samples.jsonl").read_text().splitlines() == ref_samples

@@ -285,7 +285,12 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False) -> 
     state = resume_or_start(s, console, resume)
     fresh_base = state.step == 0 and cfg.task.n_eval and cfg.train.eval_base
     base = run_eval(s, 0, "base") if fresh_base else s.run.eval_metrics(0)
-    sampled, step = 0.0, state.step
+    # tokens sampled before a resumed checkpoint, read back from its (rewound) log: the generation budget counts
+    # the whole run, not just the part since the restart
+    sampled = sum(
+        r.get("rollout/sampled_tokens", 0.0) for r in s.run.read_metrics() if r["step"] <= state.step
+    )
+    step = state.step
     with progress(console) as prog:
         bar = prog.add_task("RL", total=cfg.train.steps, info="", completed=state.step)
         for step in range(state.step + 1, cfg.train.steps + 1):
