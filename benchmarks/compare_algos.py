@@ -94,7 +94,9 @@ def main() -> None:
     seeds = " ".join(map(str, args.seeds))
     body = (
         f"Held-out EM on {int(base['n'])} toywiki questions about people never seen in training (greedy), after "
-        f"the budget of `configs/algos/base.yaml`; mean ± std over seeds {seeds}.\n\n{table(base, results)}\n"
+        f"the budget of `configs/algos/base.yaml`; mean ± std over seeds {seeds}.\n\n{table(base, results)}\n\n"
+        f"Command: `.venv/bin/python benchmarks/compare_algos.py --algos {' '.join(args.algos)} --seeds {seeds}"
+        f"{''.join(' ' + o for o in args.overrides)}`\n"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(body)
