@@ -30,9 +30,23 @@ def run_variant(overrides: list[str], trajs: list) -> tuple[dict, dict]:
     if overrides[-1] == "#rank0_only" and s.dist.rank:
         mine = []
     loop.collect = lambda _s: loop.Collected(mine, 1, 0)
+    start = {k: v.detach().clone() for k, v in s.policy.model.named_parameters()}
     metrics = loop.train_step(s, 1)
+    # the full copy rollouts use (under FSDP refreshed from the sharded one after the update)
     params = {k: v.detach().clone() for k, v in s.policy.model.named_parameters()}
-    return params, metrics | {"_rank_trajectories": float(len(mine)), "_world": float(s.dist.world_size)}
+    share = _local_share(s.policy.trained)
+    return params, metrics | {
+        "_rank_trajectories": float(len(mine)),
+        "_world": float(s.dist.world_size),
+        "_trained_share": share,
+        "_moved": max(float((params[k] - start[k]).abs().max()) for k in params),
+    }
+
+
+def _local_share(model: torch.nn.Module) -> float:
+    """The share of the trained module's elements this rank holds (1.0 unsharded, ~1/W under FSDP)."""
+    local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
+    return local / sum(p.numel() for p in model.parameters())
 
 
 def check_reduction(rank: int, world: int) -> dict[str, float]:
@@ -60,6 +74,9 @@ def main(job_path: str, out_dir: str) -> None:
             torch.save(
                 {"params": params, "metrics": metrics, "reduced": reduced}, Path(out_dir) / f"{name}.pt"
             )
+    if world > 1:
+        tdist.barrier()
+        tdist.destroy_process_group()
 
 
 if __name__ == "__main__":

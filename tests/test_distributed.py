@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,6 @@ import torch
 import yaml
 from conftest import tiny_run_overrides
 from rich.console import Console
-from transformers import AutoModelForCausalLM
 
 import arlkit.train.loop as loop
 from arlkit.config import load_config
@@ -67,6 +67,26 @@ def job(tiny, tmp_path_factory) -> tuple[Path, dict, dict]:
         ),
         # rank 1 has nothing to learn from: it joins rank 0's gradient sums with an empty batch
         "rank1_idle": tiny_run_overrides(tiny.sft_dir, root / "c", *common, "#rank0_only"),
+        # sharded weights (FSDP2): uneven micro-batch counts (empty passes fill them), a KL term, 2 epochs
+        "fsdp": tiny_run_overrides(
+            tiny.sft_dir,
+            root / "d",
+            *common,
+            "train.strategy=fsdp",
+            "algo.micro_batch_tokens=96",
+            "algo.kl_coef=0.05",
+            "algo.epochs=2",
+        ),
+        # FSDP over a LoRA model: frozen base shards, trained adapters, the reference with adapters disabled
+        "fsdp_lora": tiny_run_overrides(
+            tiny.sft_dir,
+            root / "e",
+            *common,
+            "train.strategy=fsdp",
+            "model.lora.rank=4",
+            "algo.kl_coef=0.05",
+            "algo.lr=1e-3",
+        ),
     }
     path = root / "job.pkl"
     path.write_bytes(pickle.dumps({"variants": variants, "trajectories": trajs}))
@@ -91,15 +111,15 @@ def test_two_gloo_ranks_update_like_one_process(tiny, job, tmp_path) -> None:
     path, single, variants = job
     out = _torchrun(str(WORKER), str(path), str(tmp_path), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-4000:]
-    before = AutoModelForCausalLM.from_pretrained(tiny.sft_dir).state_dict()
     for name in variants:
         res = torch.load(tmp_path / f"{name}.pt")
         p1, m1 = single[name]
         p2, m2 = res["params"], res["metrics"]
         assert m2["_world"] == 2.0 and m1["_world"] == 1.0
+        if name.startswith("fsdp"):  # the trained copy really is split: each rank holds about half of it
+            assert 0.4 < m2["_trained_share"] < 0.6 and m1["_trained_share"] == 1.0
         assert m2["_rank_trajectories"] == 8.0  # rank 0 held 2 of the 4 groups (prompts 0 and 2)
-        moved = max(float((p1[k] - before[k]).abs().max()) for k in p1)
-        assert moved > 1e-4, name  # the update is not trivially zero
+        assert m1["_moved"] > 1e-4 and m2["_moved"] > 1e-4, name  # the update is not trivially zero
         diff = max(float((p1[k] - p2[k]).abs().max()) for k in p1)
         assert diff < 1e-5, (name, diff)  # measured: 7e-8 and 1.2e-7
         # the reduced metrics are those of the global batch: the same trajectories (equal counts per rank),
@@ -139,10 +159,63 @@ def test_torchrun_arlkit_train_writes_once(tiny, tmp_path) -> None:
     assert summary["final"]["n"] == 5.0
 
 
-@pytest.mark.parametrize("name", ["ddp_1node.yaml", "ddp_2nodes.yaml"])
-def test_shipped_accelerate_configs_load(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("ddp_1node.yaml", "MULTI_GPU"), ("ddp_2nodes.yaml", "MULTI_GPU"), ("fsdp_1node.yaml", "FSDP")],
+)
+def test_shipped_accelerate_configs_load(name: str, kind: str) -> None:
     from accelerate.commands.config.config_args import load_config_from_file
 
     cfg = load_config_from_file(str(Path(__file__).parents[1] / "configs" / "accelerate" / name))
-    assert cfg.distributed_type.value == "MULTI_GPU"
+    assert cfg.distributed_type.value == kind
     assert cfg.num_processes == 8 * cfg.num_machines  # 8 GPUs per machine
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [("critic.kind=value_head", "critic.kind"), ("model.routing.kind=dart", "model.routing")],
+)
+def test_fsdp_refuses_what_it_cannot_shard(override: str, field: str) -> None:
+    from arlkit.errors import ArlkitError
+    from arlkit.train.fsdp import check_supported
+
+    check_supported(load_config(None, ["train.strategy=fsdp"]))  # the default GRPO config is fine
+    with pytest.raises(ArlkitError, match=field):
+        check_supported(load_config(None, ["train.strategy=fsdp", override]))
+
+
+def test_fsdp_run_resumes_exactly(tiny, tmp_path) -> None:
+    """`torchrun -m arlkit train` with sharded weights: a run resumed from its step-1 checkpoint ends with the
+    weights of the uninterrupted run (the gathered optimiser state sliced back into shards, each rank's data
+    cursor and random streams restored)."""
+    from safetensors.torch import load_file
+
+    cfg = {
+        "model": {"path": str(tiny.sft_dir)},
+        "task": {"n_people": 120, "max_turns": 2, "n_eval": 0, "fmt": "hermes"},
+        "rollout": {"n": 4, "prompts_per_step": 4, "max_new_tokens": 16},
+        "train": {
+            "steps": 2,
+            "device": "cpu",
+            "save_every": 1,
+            "strategy": "fsdp",
+            "n_samples": 0,
+            "run_dir": str(tmp_path / "run"),
+        },
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = _torchrun("-m", "arlkit", "train", str(tmp_path / "cfg.yaml"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-4000:]
+    ckpts = tmp_path / "run" / "checkpoints"
+    whole = load_file(ckpts / "final" / "model.safetensors")
+    start = load_file(ckpts / "step_1" / "model.safetensors")
+    assert max(float((whole[k] - start[k]).abs().max()) for k in whole) > 1e-4  # step 2 moved the weights
+    for gone in (ckpts / "step_2", ckpts / "final"):
+        shutil.rmtree(gone)
+    (tmp_path / "run" / "summary.json").unlink()
+    out = _torchrun("-m", "arlkit", "train", str(tmp_path / "cfg.yaml"), "--resume", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "resumed from" in out.stdout
+    again = load_file(ckpts / "final" / "model.safetensors")
+    diff = max(float((whole[k] - again[k]).abs().max()) for k in whole)
+    assert diff < 1e-6, diff

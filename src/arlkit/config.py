@@ -335,6 +335,9 @@ class TrainConfig(_Section):
     run_dir: str = "runs/default"
     n_samples: int = Field(8, ge=0)  # trajectories written to samples.jsonl per logged step
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # several processes (torchrun / accelerate launch): "ddp" keeps every weight on every rank and sums the
+    # gradients; "fsdp" shards the trained weights, gradients and optimiser state (train/fsdp.py)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
     threads: int | None = Field(None, gt=0)  # torch CPU threads; None keeps torch's default
     keep_checkpoints: int = Field(2, gt=0)  # step_N checkpoints kept (the oldest are deleted); `final` stays
     # consecutive steps whose loss or gradients are not finite (their updates are skipped) before the run

@@ -32,6 +32,9 @@ class Policy:
     critic: torch.nn.Module | None = None  # a separate critic (models/value.py SeparateCritic)
     value_head: torch.nn.Module | None = None  # a value head on the policy's hidden states
     routing: dict | None = None  # a role-routed policy's settings (kind, answer_adapter, gradients, ...)
+    # FSDP (train/fsdp.py): the sharded copy the optimiser trains; `model` then stays the full copy that
+    # rollouts, evaluation and scoring use, refreshed after every update
+    train_model: torch.nn.Module | None = None
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[torch.nn.Module]:
@@ -47,9 +50,15 @@ class Policy:
         else:
             raise RuntimeError("no reference model: load the policy with need_reference=True")
 
+    @property
+    def trained(self) -> torch.nn.Module:
+        """The module the update runs forward and backward through."""
+        return self.model if self.train_model is None else self.train_model
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        """The actor optimiser's parameters: the policy's trainable weights and its value head, if any."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        """The actor optimiser's parameters: the policy's trainable weights (the sharded copy's under FSDP)
+        and its value head, if any."""
+        params = [p for p in self.trained.parameters() if p.requires_grad]
         if self.value_head is not None:
             params += list(self.value_head.parameters())
         return params

@@ -2,8 +2,8 @@
 
 A checkpoint folder holds the policy as any Hugging Face tool loads it (weights or LoRA adapters, tokenizer,
 value head, critic; see `export_policy`) plus `trainer_state.pt`: the trainable tensors, optimiser and LR
-schedule states, every random generator's state, the data cursor, the step, the guard's counters and the
-byte size of each log file. The trainable tensors are stored beside the export (full fine-tuning stores its
+schedule states, every random generator's state and the data cursor (one of each per rank), the step, the
+guard's counters and the byte size of each log file. The trainable tensors are stored beside the export (full fine-tuning stores its
 weights twice) because one code path then restores every kind of policy (full, LoRA, DART, 2-Agent, value
 head, critic) bit for bit, while the export stays a plain HF folder.
 
@@ -28,11 +28,13 @@ from rich.console import Console
 
 from arlkit.errors import ArlkitError
 from arlkit.models.routing import save_routed
+from arlkit.train import fsdp
+from arlkit.train.distributed import gather
 from arlkit.train.guards import TrainState, diverged, divergence_error
 from arlkit.train.setup import Setup
 
 STATE_FILE = "trainer_state.pt"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: cursor and random states per rank
 _STEP_DIR = re.compile(r"step_(\d+)")
 
 
@@ -53,13 +55,14 @@ def save_checkpoint(s: Setup, name: str, state: TrainState | None = None) -> Pat
     """Write `checkpoints/<name>` atomically: the HF export and, given the loop's `state`, everything an
     exact resume needs. An existing folder of that name is replaced."""
     final = s.run.path / "checkpoints" / name
+    trainer = trainer_state(s, state) if state is not None else None  # under FSDP a collective: every rank
     if not s.dist.is_main:  # the weights are the same on every rank: rank 0 writes them
         return final
     tmp = final.parent / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     export_policy(s, tmp)
-    if state is not None:
-        torch.save(trainer_state(s, state), tmp / STATE_FILE)
+    if trainer is not None:
+        torch.save(trainer, tmp / STATE_FILE)
     _fsync_tree(tmp)
     _replace_dir(tmp, final)
     return final
@@ -109,12 +112,13 @@ def trainer_state(s: Setup, state: TrainState) -> dict[str, Any]:
     return {
         "version": STATE_VERSION,
         "loop": asdict(state),
-        "cursor": s.cursor,
+        # per rank (rank order): each rank takes its own prompts and samples its own random streams
+        "cursor": gather([s.cursor], s.dist),
         "trainable": {k: v.detach().cpu().clone() for k, v in _trainable(p.model).items()},
         "value_head": p.value_head.state_dict() if p.value_head is not None else None,
         "critic": p.critic.state_dict() if p.critic is not None else None,
-        "optimisers": {k: _state_dict(v) for k, v in vars(s.opts).items()},
-        "rng": rng_state(s),
+        "optimisers": {k: _optimiser_state(s, k, v) for k, v in vars(s.opts).items()},
+        "rng": gather([rng_state(s)], s.dist),
         "logs": s.run.log_sizes(),
         "config": s.cfg.model_dump(mode="json"),
     }
@@ -124,7 +128,11 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {k: v for k, v in model.named_parameters() if v.requires_grad}
 
 
-def _state_dict(x: Any) -> dict | None:
+def _optimiser_state(s: Setup, key: str, x: Any) -> dict | None:
+    """An optimiser's or schedule's state; the actor optimiser's under FSDP is gathered whole (rank 0's), so a
+    checkpoint does not depend on how many ranks wrote it."""
+    if key == "actor" and s.policy.train_model is not None:
+        return fsdp.optimiser_state(s.policy.train_model, x)
     return None if x is None else x.state_dict()
 
 
@@ -277,13 +285,23 @@ def restore(s: Setup, saved: dict[str, Any], path: Path) -> None:
     with torch.no_grad():
         for k, p in params.items():
             p.copy_(saved["trainable"][k])
+    if s.policy.train_model is not None:
+        fsdp.copy_to_shards(s.policy.model, s.policy.train_model)
     for module, key in ((s.policy.value_head, "value_head"), (s.policy.critic, "critic")):
         if (module is None) != (saved[key] is None):
             raise ArlkitError(f"--resume: {path} was written with another critic.kind than this config's")
         if module is not None:
             module.load_state_dict(saved[key])
     for key, obj in vars(s.opts).items():
-        if obj is not None:
+        if key == "actor" and s.policy.train_model is not None:
+            fsdp.load_optimiser_state(s.policy.train_model, obj, saved["optimisers"][key])
+        elif obj is not None:
             obj.load_state_dict(saved["optimisers"][key])
-    s.cursor = saved["cursor"]
-    set_rng_state(s, saved["rng"])
+    saved_world = len(saved["rng"])
+    if saved_world != s.dist.world_size:
+        raise ArlkitError(
+            f"--resume: {path} was written by {saved_world} process(es), this run has {s.dist.world_size}; "
+            "each rank resumes its own prompt stream and random state, so launch as many processes"
+        )
+    s.cursor = saved["cursor"][s.dist.rank]
+    set_rng_state(s, saved["rng"][s.dist.rank])

@@ -56,6 +56,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    fsdp: bool = False  # the trained weights are sharded (train/fsdp.py); else each rank holds all of them
 
     @property
     def enabled(self) -> bool:
@@ -71,11 +72,14 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_distributed(device: str) -> Dist:
+def init_distributed(device: str, strategy: str = "ddp") -> Dist:
     """The job's Dist; starts the process group through accelerate when launched with WORLD_SIZE > 1.
+    `strategy` is `train.strategy`; an accelerate config with `distributed_type: FSDP` also selects
+    arlkit's FSDP path (train/fsdp.py; its sharding rules are arlkit's, accelerate's fsdp_* options are not
+    read).
 
     Raises:
-        ArlkitError: an accelerate config that asks for FSDP or DeepSpeed (arlkit replicates the model).
+        ArlkitError: an accelerate config that asks for DeepSpeed.
     """
     if launched_world_size() <= 1:
         return Dist(device=resolve_device(device))
@@ -84,12 +88,15 @@ def init_distributed(device: str) -> Dist:
 
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     state = PartialState(cpu=cpu)
-    if state.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    if state.distributed_type == DistributedType.DEEPSPEED:
         raise ArlkitError(
-            f"accelerate config: distributed_type {state.distributed_type.value} is not supported by "
-            "`arlkit train` yet; use configs/accelerate/ddp_*.yaml (replicated weights; see docs/scale.md)"
+            "accelerate config: distributed_type DEEPSPEED is not supported by `arlkit train`; use "
+            "configs/accelerate/ddp_*.yaml or fsdp_1node.yaml (see docs/scale.md)"
         )
-    return Dist(rank=state.process_index, world_size=state.num_processes, device=state.device)
+    # `accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP; PartialState reports FSDP only on GPUs
+    from_accelerate = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    fsdp = strategy == "fsdp" or from_accelerate or state.distributed_type == DistributedType.FSDP
+    return Dist(rank=state.process_index, world_size=state.num_processes, device=state.device, fsdp=fsdp)
 
 
 @contextlib.contextmanager
@@ -100,6 +107,14 @@ def main_first(dist: Dist) -> Iterator[None]:
     yield
     if dist.enabled and dist.is_main:
         tdist.barrier()
+
+
+def shutdown(dist: Dist) -> None:
+    """End the process group once every rank is done (the gloo and FSDP mesh groups' threads are joined, not
+    left to abort the process at interpreter exit)."""
+    if dist.enabled and tdist.is_initialized():
+        tdist.barrier()
+        tdist.destroy_process_group()
 
 
 class QuietRunDir:
@@ -183,9 +198,18 @@ class GradSync:
         total = global_sum(local, self.dist)
         return local / total if total > 0 else 0.0
 
+    def max_count(self, local: int) -> int:
+        """The largest `local` over ranks (micro-batches per mini-batch, which FSDP needs equal)."""
+        t = torch.tensor([local], dtype=torch.int64, device=_comm_device(self.dist))
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return int(t.item())
+
     def all_reduce(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Sum gradients over ranks, in place. A parameter without a gradient on every rank keeps None
-        (AdamW then skips it, as in one process); one with a gradient on some rank gets zeros elsewhere."""
+        (AdamW then skips it, as in one process); one with a gradient on some rank gets zeros elsewhere.
+        Under FSDP a no-op: its backward hooks already reduce-scattered the gradients into each rank's shard."""
+        if self.dist.fsdp:
+            return
         dev = _comm_device(self.dist)
         has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=dev)
         tdist.all_reduce(has)

@@ -19,7 +19,15 @@ from arlkit.eval.plots import plot_curves
 from arlkit.rollout.engine import Episode, RolloutParams, rollout, rollout_episodes
 from arlkit.train.branching_step import Tree, branch_advantages, branch_shapers, grow_tree
 from arlkit.train.checkpoint import resume_or_start, save_checkpoint, save_state
-from arlkit.train.distributed import gather_eval, global_sum, idle_step, prompt_index, reduce_metrics, shard
+from arlkit.train.distributed import (
+    gather_eval,
+    global_sum,
+    idle_step,
+    prompt_index,
+    reduce_metrics,
+    shard,
+    shutdown,
+)
 from arlkit.train.filters import Filtered, post_tool, tao_filter
 from arlkit.train.guards import env_error_metrics, observe_step, without_env_errors
 from arlkit.train.setup import Setup, progress, setup
@@ -325,4 +333,5 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False) -> 
         "rank": s.dist.rank,
     }
     s.run.write_json("summary.json", summary)
+    shutdown(s.dist)
     return summary

@@ -37,6 +37,8 @@ from arlkit.train.distributed import (
     main_first,
     rollout_seed,
 )
+from arlkit.train.fsdp import check_supported as check_fsdp_supported
+from arlkit.train.fsdp import shard_for_training
 from arlkit.train.loggers import build_loggers
 from arlkit.train.run_dir import RunDir
 from arlkit.train.update import Optimisers
@@ -153,7 +155,9 @@ def setup(cfg: Config, console: Console) -> Setup:
     torch.manual_seed(cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    dist = init_distributed(cfg.train.device)
+    dist = init_distributed(cfg.train.device, cfg.train.strategy)
+    if dist.fsdp:
+        check_fsdp_supported(cfg)
     check_divisible(cfg.rollout.prompts_per_step, dist)
     with main_first(dist):  # one rank fills shared caches (the tiny base, indexes), the others then read them
         task = build_task(cfg)
@@ -161,6 +165,12 @@ def setup(cfg: Config, console: Console) -> Setup:
     task = with_ray_tools(task, cfg.ray)
     policy = build_policy(cfg, path, dist.device)
     broadcast_parameters([policy.model, policy.value_head, policy.critic], dist)
+    if dist.fsdp:
+        policy.train_model = shard_for_training(policy.model, dist)
+        if dist.is_main:
+            console.print(
+                f"FSDP: trained weights, gradients and optimiser state sharded over {dist.world_size} ranks"
+            )
     run = RunDir(cfg.train.run_dir) if dist.is_main else QuietRunDir(cfg.train.run_dir)
     run.loggers = tuple(build_loggers(cfg, run.path)) if dist.is_main else ()
     run.write_config(cfg.model_dump())

@@ -18,6 +18,7 @@ from arlkit.models.forward import TokenStats
 from arlkit.models.loading import Policy, policy_routes
 from arlkit.models.packing import MicroBatching
 from arlkit.models.routing import adapter_parameters, routes_from_roles, token_adapters
+from arlkit.train.fsdp import copy_to_rollout, empty_backward, full
 from arlkit.train.shapers import MicroBatch, Shaper
 from arlkit.trajectory import Batch
 
@@ -121,7 +122,8 @@ def update(
     B = data.batch.input_ids.shape[0]
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
-    policy.model.train()
+    policy.trained.train()
+    sharded = sync is not None and sync.dist.fsdp
     for _ in range(algo.epochs):
         perm = torch.randperm(B, generator=generator)
         # ranks must take the same number of optimiser steps: tensor_split always gives `mini_batches` parts
@@ -134,7 +136,8 @@ def update(
             local = float(data.batch.loss_mask[mini].sum()) if algo.aggregation == "token_mean" else len(mini)
             scale = sync.share(local) if sync else 1.0
             finite = True
-            for rows in algo.micro_batching.split(mini, data.batch.attention_mask) if len(mini) else []:
+            chunks = algo.micro_batching.split(mini, data.batch.attention_mask) if len(mini) else []
+            for rows in chunks:
                 weight = _share(data.batch, rows, n_tokens, len(mini), algo.aggregation) * scale
                 stats = _micro_step(
                     policy, data, rows, weight, algo, critic_cfg, temperature, norm_constant, train_actor
@@ -143,9 +146,14 @@ def update(
                 for k, v in stats.items():
                     sums[k] += v
                     counts[k] += 1
+            if sharded:  # FSDP's collectives need as many forward/backward passes on every rank
+                for _ in range(sync.max_count(len(chunks)) - len(chunks)):
+                    empty_backward(policy.trained, next(policy.model.parameters()).device)
             if sync:  # a rank's non-finite gradients reach every rank here, so all ranks skip together
                 sync.all_reduce(synced_parameters(policy))
             _optimizer_steps(policy, opts, algo, critic_cfg, train_actor, sums, counts, finite)
+    if policy.train_model is not None:  # rollouts use the full copy: give it the new weights
+        copy_to_rollout(policy.train_model, policy.model)
     means = {k: sums[k] / max(counts.get(k, 1), 1) for k in sums}
     actor = {k: v for k, v in means.items() if not k.startswith("critic:")}
     critic = {k.removeprefix("critic:"): v for k, v in means.items() if k.startswith("critic:")}
@@ -186,7 +194,7 @@ def _optimizer_steps(
     for prefix, opt, sched, params, clip in pairs:
         if not prefix and not train_actor and policy.value_head is None:
             continue
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        grad_norm = full(torch.nn.utils.clip_grad_norm_(params, clip))  # a DTensor under FSDP
         if finite_loss and torch.isfinite(grad_norm):
             opt.step()
         else:
@@ -223,7 +231,7 @@ def _micro_step(
     with_head = policy.value_head is not None
     if train_actor or with_head:
         out = algo.micro_batching.token_stats(
-            policy.model,
+            policy.trained,
             mb.input_ids,
             mb.attention_mask,
             temperature,
