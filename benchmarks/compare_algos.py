@@ -95,8 +95,9 @@ def main() -> None:
     body = (
         f"Held-out EM on {int(base['n'])} toywiki questions about people never seen in training (greedy), after "
         f"the budget of `configs/algos/base.yaml`; mean ± std over seeds {seeds}.\n\n{table(base, results)}\n\n"
-        f"Command: `.venv/bin/python benchmarks/compare_algos.py --algos {' '.join(args.algos)} --seeds {seeds}"
-        f"{''.join(' ' + o for o in args.overrides)}`\n"
+        # overrides first: after --seeds (nargs="*") argparse would read them as seeds
+        f"Command: `.venv/bin/python benchmarks/compare_algos.py {''.join(o + ' ' for o in args.overrides)}"
+        f"--algos {' '.join(args.algos)} --seeds {seeds}`\n"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(body)

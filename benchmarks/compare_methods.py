@@ -103,9 +103,9 @@ def main() -> None:
     body = (
         f"Held-out EM on {int(base['n'])} toywiki questions about people never seen in training (greedy), after "
         f"equal generation budgets ({how}, rollouts and branches counted once); mean ± std over seeds {seeds}.\n\n"
-        f"{table(base, results)}\n\nCommand: `.venv/bin/python benchmarks/compare_methods.py --methods "
-        f"{' '.join(args.methods)} --seeds {seeds}{f' --budget {args.budget}' if args.budget else ''}"
-        f"{f' {extra}' if extra else ''}`\n"
+        f"{table(base, results)}\n\nCommand: `.venv/bin/python benchmarks/compare_methods.py "
+        f"{f'{extra} ' if extra else ''}--methods {' '.join(args.methods)} --seeds {seeds}"
+        f"{f' --budget {args.budget}' if args.budget else ''}`\n"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(body)
