@@ -19,7 +19,7 @@ from rich.console import Console
 
 import arlkit.train.loop as loop
 from arlkit.config import load_config
-from arlkit.train.distributed import reduce_metrics
+from arlkit.train.distributed import Dist, reduce_metrics, shutdown
 from arlkit.train.setup import setup
 
 
@@ -51,8 +51,6 @@ def _local_share(model: torch.nn.Module) -> float:
 
 def check_reduction(rank: int, world: int) -> dict[str, float]:
     """Rank r reports reward r and weight r + 1; the reduced values are worked out in the test."""
-    from arlkit.train.distributed import Dist
-
     dist = Dist(rank=rank, world_size=world)
     mine = {"rollout/reward": float(rank), "timing_s/update": float(rank), "perf/gen_tokens_per_s": 10.0}
     mine |= {"rollout/advantage_max": float(rank), "rollout/advantage_min": float(rank)}
@@ -74,9 +72,7 @@ def main(job_path: str, out_dir: str) -> None:
             torch.save(
                 {"params": params, "metrics": metrics, "reduced": reduced}, Path(out_dir) / f"{name}.pt"
             )
-    if world > 1:
-        tdist.barrier()
-        tdist.destroy_process_group()
+    shutdown(Dist(rank=rank, world_size=world))
 
 
 if __name__ == "__main__":

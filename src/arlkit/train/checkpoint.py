@@ -3,9 +3,9 @@
 A checkpoint folder holds the policy as any Hugging Face tool loads it (weights or LoRA adapters, tokenizer,
 value head, critic; see `export_policy`) plus `trainer_state.pt`: the trainable tensors, optimiser and LR
 schedule states, every random generator's state and the data cursor (one of each per rank), the step, the
-guard's counters and the byte size of each log file. The trainable tensors are stored beside the export (full fine-tuning stores its
-weights twice) because one code path then restores every kind of policy (full, LoRA, DART, 2-Agent, value
-head, critic) bit for bit, while the export stays a plain HF folder.
+guard's counters and the byte size of each log file. The trainable tensors are stored beside the export
+(full fine-tuning stores its weights twice) because one code path then restores every kind of policy (full,
+LoRA, DART, 2-Agent, value head, critic) bit for bit, while the export stays a plain HF folder.
 
 A folder is written under a hidden temporary name, its files fsynced, then renamed into place: a run killed
 at any instant leaves either the previous checkpoint or the new one, never half of one.
@@ -55,14 +55,14 @@ def save_checkpoint(s: Setup, name: str, state: TrainState | None = None) -> Pat
     """Write `checkpoints/<name>` atomically: the HF export and, given the loop's `state`, everything an
     exact resume needs. An existing folder of that name is replaced."""
     final = s.run.path / "checkpoints" / name
-    trainer = trainer_state(s, state) if state is not None else None  # under FSDP a collective: every rank
+    gathered = gathered_state(s) if state is not None else None  # collectives: every rank takes part
     if not s.dist.is_main:  # the weights are the same on every rank: rank 0 writes them
         return final
     tmp = final.parent / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     export_policy(s, tmp)
-    if trainer is not None:
-        torch.save(trainer, tmp / STATE_FILE)
+    if state is not None:
+        torch.save(trainer_state(s, state, gathered), tmp / STATE_FILE)
     _fsync_tree(tmp)
     _replace_dir(tmp, final)
     return final
@@ -107,18 +107,31 @@ def step_dirs(checkpoints: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.removeprefix("step_")))
 
 
-def trainer_state(s: Setup, state: TrainState) -> dict[str, Any]:
+def gathered_state(s: Setup) -> dict[str, Any]:
+    """The parts of `trainer_state` that need every rank: each rank's data cursor and random streams (rank
+    order; each rank takes its own prompts and samples its own streams) and, under FSDP, the actor optimiser's
+    state gathered whole, so a checkpoint does not depend on how many ranks wrote it."""
+    out = {"cursor": gather([s.cursor], s.dist), "rng": gather([rng_state(s)], s.dist)}
+    if s.policy.train_model is not None:
+        out["actor"] = fsdp.optimiser_state(s.policy.train_model, s.opts.actor)
+    return out
+
+
+def trainer_state(s: Setup, state: TrainState, gathered: dict[str, Any]) -> dict[str, Any]:
+    """Everything an exact resume needs (rank 0's view, plus `gathered_state`)."""
     p = s.policy
+    optimisers = {k: None if v is None else v.state_dict() for k, v in vars(s.opts).items()}
+    if "actor" in gathered:
+        optimisers["actor"] = gathered["actor"]
     return {
         "version": STATE_VERSION,
         "loop": asdict(state),
-        # per rank (rank order): each rank takes its own prompts and samples its own random streams
-        "cursor": gather([s.cursor], s.dist),
+        "cursor": gathered["cursor"],
         "trainable": {k: v.detach().cpu().clone() for k, v in _trainable(p.model).items()},
         "value_head": p.value_head.state_dict() if p.value_head is not None else None,
         "critic": p.critic.state_dict() if p.critic is not None else None,
-        "optimisers": {k: _optimiser_state(s, k, v) for k, v in vars(s.opts).items()},
-        "rng": gather([rng_state(s)], s.dist),
+        "optimisers": optimisers,
+        "rng": gathered["rng"],
         "logs": s.run.log_sizes(),
         "config": s.cfg.model_dump(mode="json"),
     }
@@ -126,14 +139,6 @@ def trainer_state(s: Setup, state: TrainState) -> dict[str, Any]:
 
 def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {k: v for k, v in model.named_parameters() if v.requires_grad}
-
-
-def _optimiser_state(s: Setup, key: str, x: Any) -> dict | None:
-    """An optimiser's or schedule's state; the actor optimiser's under FSDP is gathered whole (rank 0's), so a
-    checkpoint does not depend on how many ranks wrote it."""
-    if key == "actor" and s.policy.train_model is not None:
-        return fsdp.optimiser_state(s.policy.train_model, x)
-    return None if x is None else x.state_dict()
 
 
 def sampling_rng(s: Setup) -> torch.Generator | None:
@@ -276,6 +281,12 @@ def resume_run(s: Setup, console: Console) -> TrainState:
 
 def restore(s: Setup, saved: dict[str, Any], path: Path) -> None:
     """Load a `trainer_state` dict into the freshly built Setup `s`."""
+    saved_world = len(saved["rng"])
+    if saved_world != s.dist.world_size:
+        raise ArlkitError(
+            f"--resume: {path} was written by {saved_world} process(es), this run has {s.dist.world_size}; "
+            "each rank resumes its own prompt stream and random state, so launch as many processes"
+        )
     params = _trainable(s.policy.model)
     if set(params) != set(saved["trainable"]):
         raise ArlkitError(
@@ -297,11 +308,5 @@ def restore(s: Setup, saved: dict[str, Any], path: Path) -> None:
             fsdp.load_optimiser_state(s.policy.train_model, obj, saved["optimisers"][key])
         elif obj is not None:
             obj.load_state_dict(saved["optimisers"][key])
-    saved_world = len(saved["rng"])
-    if saved_world != s.dist.world_size:
-        raise ArlkitError(
-            f"--resume: {path} was written by {saved_world} process(es), this run has {s.dist.world_size}; "
-            "each rank resumes its own prompt stream and random state, so launch as many processes"
-        )
     s.cursor = saved["cursor"][s.dist.rank]
     set_rng_state(s, saved["rng"][s.dist.rank])

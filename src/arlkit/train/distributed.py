@@ -169,10 +169,18 @@ def unshard(parts: list[T], dist: Dist) -> list[T]:
 
 
 def global_sum(value: float, dist: Dist) -> float:
+    return _reduce_scalar(value, dist, tdist.ReduceOp.SUM)
+
+
+def global_max(value: float, dist: Dist) -> float:
+    return _reduce_scalar(value, dist, tdist.ReduceOp.MAX)
+
+
+def _reduce_scalar(value: float, dist: Dist, op: tdist.ReduceOp) -> float:
     if not dist.enabled:
         return value
     t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device(dist))
-    tdist.all_reduce(t)
+    tdist.all_reduce(t, op=op)
     return float(t.item())
 
 
@@ -200,9 +208,7 @@ class GradSync:
 
     def max_count(self, local: int) -> int:
         """The largest `local` over ranks (micro-batches per mini-batch, which FSDP needs equal)."""
-        t = torch.tensor([local], dtype=torch.int64, device=_comm_device(self.dist))
-        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-        return int(t.item())
+        return int(global_max(local, self.dist))
 
     def all_reduce(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Sum gradients over ranks, in place. A parameter without a gradient on every rank keeps None

@@ -148,7 +148,7 @@ def update(
                     counts[k] += 1
             if sharded:  # FSDP's collectives need as many forward/backward passes on every rank
                 for _ in range(sync.max_count(len(chunks)) - len(chunks)):
-                    empty_backward(policy.trained, next(policy.model.parameters()).device)
+                    empty_backward(policy.trained, sync.dist.device)
             if sync:  # a rank's non-finite gradients reach every rank here, so all ranks skip together
                 sync.all_reduce(synced_parameters(policy))
             _optimizer_steps(policy, opts, algo, critic_cfg, train_actor, sums, counts, finite)
