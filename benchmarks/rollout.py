@@ -33,6 +33,7 @@ from arlkit.models.loading import DTYPES
 from arlkit.rollout.continuous import ContinuousEngine
 from arlkit.rollout.engine import RolloutParams, TurnSyncRunner, rollout
 from arlkit.rollout.generator import GenerateBaseline, HFGenerator
+from arlkit.rollout.kv_cache import Layout, SlotCache, model_dims, window_mask
 
 
 class EveryActionSearches:
@@ -84,18 +85,58 @@ def run_once(name: str, args: argparse.Namespace, seed: int) -> dict:
     seconds = time.perf_counter() - start
     gen = [i for t in trajs for i, r in enumerate(t.roles) if r in (1, 2, 4)]  # positions of generated ids
     mean_ctx = sum(gen) / max(len(gen), 1)
+    split = {}
     if name == "engine":  # what the engine fed the model: prefilled and decoded ids
-        model_tokens = backend.stats.prefill_tokens + backend.stats.decode_tokens
+        st = backend.stats
+        model_tokens = st.prefill_tokens + st.decode_tokens
+        split = {
+            "decode_s": st.decode_s,
+            "prefill_s": st.prefill_s,
+            "steps": st.steps,
+            "rows": st.decode_tokens,
+        }
     else:  # turn by turn, each turn feeds its whole context, then its generated ids
         model_tokens = sum(rec.end for t in trajs for rec in t.turns)
-    return {
+    return split | {
         "gen_tokens": len(gen),
         "model_tokens": model_tokens,
         "seconds": seconds,
         "turns": sum(t.n_turns for t in trajs) / len(trajs),
         "flops_per_token": flops_per_token(model, mean_ctx),
         "reward": sum(t.reward for t in trajs) / len(trajs),
+        "mean_context": mean_ctx,
     }
+
+
+def ceiling_once(args: argparse.Namespace, context: int) -> dict:
+    """Seconds of one bare decode forward of the engine at its best: every one of the --episodes rows
+    resident, each at position `context`, no prefill, sampling or env. An upper bound on the engine's
+    throughput for this model and context: no scheduling can beat the forward it runs."""
+    set_threads(args.threads)
+    model, _, _ = load_model(args.model, args.device, args.dtype)
+    B, dev = args.episodes, torch.device(args.device)
+    layers, kv_heads, head_dim = model_dims(model)
+    cache = SlotCache(layers, B, context + 1, kv_heads, head_dim, DTYPES[args.dtype], dev)
+    slots = torch.arange(B, device=dev)
+    pos = torch.full((B, 1), context, device=dev)
+    layout = Layout(slots, slots, pos[:, 0], None, context + 1, rows_are_prefix=True)
+    ids = torch.randint(0, model.config.vocab_size, (B, 1), device=dev)
+
+    def step() -> None:
+        cache.bind(layout)
+        mask = window_mask(pos, context + 1, DTYPES[args.dtype])
+        model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=cache, logits_to_keep=1)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+
+    with torch.no_grad():
+        for _ in range(3):
+            step()
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 2.0:
+            step()
+            n += 1
+    return {"seconds": (time.perf_counter() - start) / n, "flops_per_token": flops_per_token(model, context)}
 
 
 def peak_once(args: argparse.Namespace) -> dict:
@@ -162,6 +203,22 @@ def main() -> None:
         )
     if base is None:
         print("(no 'generate' backend in --backends: no ratio)")
+    if "engine" in names:
+        med = sorted(runs["engine"], key=lambda r: r["gen_tokens"] / r["seconds"])[len(runs["engine"]) // 2]
+        other = med["seconds"] - med["decode_s"] - med["prefill_s"]
+        print(
+            f"engine's median run: decode forwards {med['decode_s']:.2f} s ({med['steps']} steps, "
+            f"{med['rows'] / max(med['steps'], 1):.1f} rows each on average), prefill forwards "
+            f"{med['prefill_s']:.2f} s, the rest {other:.2f} s (sampling, bookkeeping, env)"
+        )
+        ctx = round(med["mean_context"])
+        ceil = measure(ceiling_once, args, ctx)
+        rate = args.episodes / ceil["seconds"]
+        print(
+            f"ceiling: one bare decode forward of {args.episodes} rows at context {ctx} takes "
+            f"{ceil['seconds'] * 1e3:.2f} ms = {rate:.0f} tok/s = {rate * ceil['flops_per_token'] / (peak * 1e9):.1%} "
+            "of the roofline (no prefill, sampling or env: what no scheduling can beat)"
+        )
 
 
 if __name__ == "__main__":

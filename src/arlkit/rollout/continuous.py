@@ -16,6 +16,7 @@ the slot for the next waiting episode (continuous batching).
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,10 @@ class EngineStats:
     decode_tokens: int = 0  # ids fed by decode steps (one per resident episode per step)
     copied_tokens: int = 0  # positions copied from donors instead of prefilled
     steps: int = 0  # decode steps
+    # wall seconds in model forwards (on a GPU, synchronised after each); the rest of a run is sampling,
+    # bookkeeping and the env
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
 
 
 @dataclass
@@ -253,7 +258,9 @@ class ContinuousEngine:
                 s = slots[i]
                 nxt = s.roles[s.n_cached + 1 : len(s.ids)]
                 routes[b, : len(nxt)] = torch.tensor([route_of_role(r, self.answer_adapter) for r in nxt])
+        start = time.perf_counter()
         self._forward(ids.to(dev), pos.to(dev), layout, routes)
+        self.stats.prefill_s += self._elapsed(start)
         for i in rows:
             slots[i].n_cached = len(slots[i].ids) - 1
 
@@ -285,7 +292,9 @@ class ContinuousEngine:
         rows = list(range(len(slots))) if self.static is not None else live
         self.stats.decode_tokens += len(live)
         self.stats.steps += 1
+        start = time.perf_counter()
         logits = self._decode_logits(slots, rows)
+        self.stats.decode_s += self._elapsed(start)
         tok, lp, ent = sample_next(logits, sampling.temperature, sampling.top_p, self.rng)
         left = [slots[i].budget - len(slots[i].gen_ids) if slots[i] else 1 for i in rows]
         stopped = torch.isin(tok, stop_ids)
@@ -307,6 +316,11 @@ class ContinuousEngine:
             if end_l[b]:
                 finished.append((i, "stop" if stop_l[b] else "length"))
         return finished
+
+    def _elapsed(self, start: float) -> float:
+        if self.device.type == "cuda":  # the step's .tolist() waits for the GPU anyway: this costs nothing
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
 
     def _decode_logits(self, slots: list[_Slot | None], rows: list[int]) -> torch.Tensor:
         """Logits (B, V) of the next id of each row: its last id, fed at its own position. Idle rows (static
