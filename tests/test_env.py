@@ -245,6 +245,31 @@ def test_several_calls_run_concurrently_in_order() -> None:
     assert step.reward == 0.25
 
 
+def test_tool_threads_are_reused_and_a_hung_call_keeps_only_its_own() -> None:
+    ran_on: list[threading.Thread] = []  # kept alive, so their ids stay distinct
+
+    @tool
+    def where(tag: str) -> str:
+        """Records the thread it runs on."""
+        ran_on.append(threading.current_thread())
+        return tag
+
+    env = ToolEnv([where, hang], FakeScorer(), tool_timeout_s=0.2)  # type: ignore[arg-type]
+    env.reset(ROW)
+    env.step(call("where", tag="warm-up"))
+    existing = set(threading.enumerate())
+    for i in range(20):
+        env.reset(ROW)
+        assert env.step(call("where", tag=str(i))).observations[0]["content"] == str(i)
+    assert all(t in existing for t in ran_on)  # sequential calls go to threads that wait for work
+    env.reset(ROW)
+    assert "timed out" in env.step(call("hang", x=1)).observations[0]["content"]
+    start = time.monotonic()
+    env.reset(ROW)
+    assert env.step(call("where", tag="after")).observations[0]["content"] == "after"
+    assert time.monotonic() - start < 0.5  # the hung call keeps its thread; this call ran on another
+
+
 def test_max_turns_drops_observations() -> None:
     env = make_env(max_turns=2)
     env.reset(ROW)

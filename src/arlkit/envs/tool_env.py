@@ -6,6 +6,7 @@ tools that raise or hang all become ``{"role": "tool", "content": "Error: ..."}`
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -110,23 +111,57 @@ class _Outcome:
 
 
 class _CallJob:
-    """One tool call on a daemon thread: a hung tool must not block the env or interpreter exit."""
+    """One tool call, run on a daemon worker thread: a hung tool must not block the env or interpreter exit."""
 
     def __init__(self, tool: Tool, args: dict) -> None:
         self.tool, self.args = tool, args
         self.result: Any = None
         self.exc: BaseException | None = None
         self.latency_s = 0.0
-        self.thread = threading.Thread(target=self._run, name=f"arlkit-tool-{tool.name}", daemon=True)
+        self.done = threading.Event()
 
-    def _run(self) -> None:
+    def run(self) -> None:
         start = time.perf_counter()
         try:
             self.result = self.tool(**self.args)
-        except BaseException as exc:  # reported as an observation; the thread just ends
+        except BaseException as exc:  # reported as an observation; the worker goes on
             self.exc = exc
         finally:
             self.latency_s = time.perf_counter() - start
+
+
+class _ToolThreads:
+    """Daemon threads that run tool calls, kept between calls.
+
+    Starting a thread per call cost ~0.8 ms of a rollout's critical path each on the 2-core VM (256 calls of
+    a 64-episode rollout: 0.2-0.5 s); handing a call to a waiting thread costs ~20 us. A call that hangs keeps
+    its thread for good (nothing can stop it safely); the next call finds no idle thread and starts one.
+    Invariant: `_idle` = threads waiting for work − calls queued for them.
+    """
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[_CallJob] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def submit(self, job: _CallJob) -> None:
+        with self._lock:
+            if self._idle == 0:  # the new thread takes this call (or a thread that frees up first does)
+                threading.Thread(target=self._work, name="arlkit-tool", daemon=True).start()
+            else:
+                self._idle -= 1
+        self._calls.put(job)
+
+    def _work(self) -> None:
+        while True:
+            job = self._calls.get()
+            job.run()
+            with self._lock:  # idle before the caller wakes, so its next call finds this thread
+                self._idle += 1
+            job.done.set()
+
+
+_THREADS = _ToolThreads()
 
 
 def _fail(call: ToolCall, message: str, latency_s: float = 0.0, syntax: bool = False) -> _Outcome:
@@ -323,10 +358,10 @@ class ToolEnv:
         prepared = [self._prepare(c, refused) for c in calls]
         jobs = [p for p in prepared if isinstance(p, _CallJob)]
         for job in jobs:
-            job.thread.start()
+            _THREADS.submit(job)
         deadline = time.monotonic() + self.tool_timeout_s
         for job in jobs:
-            job.thread.join(max(0.0, deadline - time.monotonic()))
+            job.done.wait(max(0.0, deadline - time.monotonic()))
         return [
             p if isinstance(p, _Outcome) else self._collect(c, p)
             for c, p in zip(calls, prepared, strict=True)
@@ -334,7 +369,7 @@ class ToolEnv:
 
     def _collect(self, call: ToolCall, job: _CallJob) -> _Outcome:
         name = call.name
-        if job.thread.is_alive():  # left running on its daemon thread; nothing can stop it safely
+        if not job.done.is_set():  # left running on its worker thread; nothing can stop it safely
             return _fail(
                 call, f"tool '{name}' timed out after {self.tool_timeout_s:g} s", self.tool_timeout_s
             )
