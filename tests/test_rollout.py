@@ -13,7 +13,7 @@ from transformers import Qwen2ForCausalLM
 
 from arlkit.models.forward import token_logprobs
 from arlkit.rollout.engine import Episode, RolloutParams, rollout
-from arlkit.rollout.generator import Generation, HFGenerator, SamplingParams
+from arlkit.rollout.generator import Generation, HFGenerator, SamplingParams, draw, sample_next
 from arlkit.tasks import ToyWikiTask
 from arlkit.trajectory import GENERATED_ROLES, Role
 
@@ -272,3 +272,22 @@ def test_bm25_finds_the_gold_doc_for_one_hop_questions() -> None:
     q = qs[0]
     text = task.search(query=q.hops[0]).text
     assert text.startswith(f"(1) {q.hops[0]}: {task.world.docs[q.support[0]].text}")
+
+
+def test_draw_matches_its_weights_and_never_draws_a_zero() -> None:
+    weights = torch.tensor([0.2, 0.0, 1.2, 0.6, 0.0])  # unnormalised, zeros inside and at the end
+    n = 40_000
+    ids = draw(weights.expand(n, -1), torch.Generator().manual_seed(0))
+    freq = torch.bincount(ids, minlength=5).float() / n
+    assert torch.allclose(freq, weights / weights.sum(), atol=0.01)  # 4 std of a 0.6 share
+    assert freq[1] == 0 and freq[4] == 0
+
+
+def test_top_p_samples_the_nucleus_and_records_the_full_distribution() -> None:
+    p = torch.tensor([0.05, 0.5, 0.15, 0.3])
+    n = 40_000
+    ids, lp, _ = sample_next(p.log().expand(n, -1), 1.0, 0.7, torch.Generator().manual_seed(0))
+    freq = torch.bincount(ids, minlength=4).float() / n
+    # sorted 0.5, 0.3, 0.15, 0.05: mass before each 0, 0.5, 0.8, 0.95, so only the first two are kept
+    assert torch.allclose(freq, torch.tensor([0.0, 0.625, 0.0, 0.375]), atol=0.01)
+    assert torch.allclose(lp, p.log()[ids])  # the logprob is that of the untruncated distribution
