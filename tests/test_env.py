@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -268,6 +269,18 @@ def test_tool_threads_are_reused_and_a_hung_call_keeps_only_its_own() -> None:
     env.reset(ROW)
     assert env.step(call("where", tag="after")).observations[0]["content"] == "after"
     assert time.monotonic() - start < 0.5  # the hung call keeps its thread; this call ran on another
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_tool_calls_work_in_a_forked_child() -> None:
+    env = make_env()
+    env.reset(ROW)
+    env.step(call("search", query="parent"))  # the parent now has an idle tool thread
+    pid = os.fork()
+    if pid == 0:  # the child has none of the parent's threads
+        env.reset(ROW)
+        os._exit(0 if env.step(call("search", query="x")).observations[0]["content"] == "found: x" else 1)
+    assert os.waitpid(pid, 0)[1] == 0
 
 
 def test_max_turns_drops_observations() -> None:

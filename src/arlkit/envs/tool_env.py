@@ -6,6 +6,7 @@ tools that raise or hang all become ``{"role": "tool", "content": "Error: ..."}`
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -162,6 +163,14 @@ class _ToolThreads:
 
 
 _THREADS = _ToolThreads()
+
+
+def _reset_tool_threads() -> None:
+    global _THREADS
+    _THREADS = _ToolThreads()  # a forked child has none of its parent's threads, only their count
+
+
+os.register_at_fork(after_in_child=_reset_tool_threads)
 
 
 def _fail(call: ToolCall, message: str, latency_s: float = 0.0, syntax: bool = False) -> _Outcome:
