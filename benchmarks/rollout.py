@@ -31,9 +31,10 @@ from _common import flops_per_token, load_model, matmul_peak_gflops, measure, se
 from arlkit.envs import ParsedAction, QAScorer, ToolCall, ToolEnv
 from arlkit.models.loading import DTYPES
 from arlkit.rollout.continuous import ContinuousEngine
+from arlkit.rollout.cuda_graph import StaticDecoder
 from arlkit.rollout.engine import RolloutParams, TurnSyncRunner, rollout
 from arlkit.rollout.generator import GenerateBaseline, HFGenerator
-from arlkit.rollout.kv_cache import Layout, SlotCache, model_dims, window_mask
+from arlkit.rollout.kv_cache import SlotCache, model_dims
 
 
 class EveryActionSearches:
@@ -111,32 +112,38 @@ def run_once(name: str, args: argparse.Namespace, seed: int) -> dict:
 def ceiling_once(args: argparse.Namespace, context: int) -> dict:
     """Seconds of one bare decode forward of the engine at its best: every one of the --episodes rows
     resident, each at position `context`, no prefill, sampling or env. An upper bound on the engine's
-    throughput for this model and context: no scheduling can beat the forward it runs."""
+    throughput for this model and context: no scheduling can beat the forward it runs. Timed through the
+    engine's fixed-shape step (`StaticDecoder`: all rows, all positions), captured with --cuda-graphs."""
     set_threads(args.threads)
     model, _, _ = load_model(args.model, args.device, args.dtype)
-    B, dev = args.episodes, torch.device(args.device)
     layers, kv_heads, head_dim = model_dims(model)
-    cache = SlotCache(layers, B, context + 1, kv_heads, head_dim, DTYPES[args.dtype], dev)
-    slots = torch.arange(B, device=dev)
-    pos = torch.full((B, 1), context, device=dev)
-    layout = Layout(slots, slots, pos[:, 0], None, context + 1, rows_are_prefix=True)
-    ids = torch.randint(0, model.config.vocab_size, (B, 1), device=dev)
+    dev = torch.device(args.device)
+    cache = SlotCache(layers, args.episodes, context + 1, kv_heads, head_dim, DTYPES[args.dtype], dev)
+    decoder = StaticDecoder(model, cache, capture=args.cuda_graphs)
+    ids = torch.randint(0, model.config.vocab_size, (args.episodes,)).tolist()
+    pos = [context] * args.episodes
 
     def step() -> None:
-        cache.bind(layout)
-        mask = window_mask(pos, context + 1, DTYPES[args.dtype])
-        model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=cache, logits_to_keep=1)
+        decoder(ids, pos, pos)  # each row at `context`, writing its key there
         if args.device == "cuda":
             torch.cuda.synchronize()
 
-    with torch.no_grad():
-        for _ in range(3):
-            step()
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < 2.0:
-            step()
-            n += 1
+    for _ in range(3):
+        step()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 2.0:
+        step()
+        n += 1
     return {"seconds": (time.perf_counter() - start) / n, "flops_per_token": flops_per_token(model, context)}
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median generated tokens/s (the upper of the middle two for an even count)."""
+    return sorted(runs, key=lambda r: r["gen_tokens"] / r["seconds"])[len(runs) // 2]
+
+
+def roofline_share(tokens_per_s: float, flops_per_token: float, peak_gflops: float) -> float:
+    return tokens_per_s * flops_per_token / (peak_gflops * 1e9)
 
 
 def peak_once(args: argparse.Namespace) -> dict:
@@ -191,10 +198,10 @@ def main() -> None:
     rates = {n: [r["gen_tokens"] / r["seconds"] for r in runs[n]] for n in names}
     base = statistics.median(rates["generate"]) if "generate" in names else None
     for n in names:
-        med = sorted(zip(rates[n], runs[n], strict=True), key=lambda x: x[0])[len(runs[n]) // 2][1]
+        med = median_run(runs[n])
         rate = med["gen_tokens"] / med["seconds"]
-        share = rate * med["flops_per_token"] / (peak * 1e9)
-        mfu = med["model_tokens"] / med["seconds"] * med["flops_per_token"] / (peak * 1e9)
+        share = roofline_share(rate, med["flops_per_token"], peak)
+        mfu = roofline_share(med["model_tokens"] / med["seconds"], med["flops_per_token"], peak)
         ratio = f"{statistics.median(rates[n]) / base:.2f}" if base else "-"
         print(
             f"{n:<10}{med['gen_tokens']:>9}{med['turns']:>9.2f}{med['seconds']:>8.2f}{rate:>11.0f}{ratio:>11}"
@@ -204,7 +211,7 @@ def main() -> None:
     if base is None:
         print("(no 'generate' backend in --backends: no ratio)")
     if "engine" in names:
-        med = sorted(runs["engine"], key=lambda r: r["gen_tokens"] / r["seconds"])[len(runs["engine"]) // 2]
+        med = median_run(runs["engine"])
         other = med["seconds"] - med["decode_s"] - med["prefill_s"]
         print(
             f"engine's median run: decode forwards {med['decode_s']:.2f} s ({med['steps']} steps, "
@@ -216,7 +223,8 @@ def main() -> None:
         rate = args.episodes / ceil["seconds"]
         print(
             f"ceiling: one bare decode forward of {args.episodes} rows at context {ctx} takes "
-            f"{ceil['seconds'] * 1e3:.2f} ms = {rate:.0f} tok/s = {rate * ceil['flops_per_token'] / (peak * 1e9):.1%} "
+            f"{ceil['seconds'] * 1e3:.2f} ms = {rate:.0f} tok/s = "
+            f"{roofline_share(rate, ceil['flops_per_token'], peak):.1%} "
             "of the roofline (no prefill, sampling or env: what no scheduling can beat)"
         )
 
