@@ -11,59 +11,92 @@ import torch
 from arlkit.envs.tool_env import PARSE_ERROR_NAME
 from arlkit.models.tiny import demo_trajectory
 from arlkit.rollout.engine import Episode, RolloutParams
+from arlkit.rollout.spans import SpanScanner, SpanTags
 from arlkit.trajectory import (
     PAD_ROLE,
     Role,
-    SpanDelimiters,
     Trajectory,
     TurnRecord,
     collate,
-    generated_roles,
 )
 
 P, R, A, OBS, ANS = Role.PROMPT, Role.REASONING, Role.ACTION, Role.OBSERVATION, Role.ANSWER
 
-# Single-id delimiters: <tool_call>=10 </tool_call>=11 <answer>=12 </answer>=13.
-ONE = SpanDelimiters(call_open=(10,), call_close=(11,), answer_open=(12,), answer_close=(13,))
-# Two-id delimiters, as when a tokenizer splits a tag.
-TWO = SpanDelimiters(call_open=(10, 20), call_close=(11, 21), answer_open=(12, 22), answer_close=(13, 23))
+
+class _Pieces:
+    """A stand-in tokenizer that decodes each id to a fixed piece of text."""
+
+    def __init__(self, pieces: dict[int, str]):
+        self.pieces = pieces
+
+    def decode(self, ids: list[int], **_: object) -> str:
+        return "".join(self.pieces[i] for i in ids)
+
+
+TAGS = SpanTags(call_open="<c>", call_close="</c>", answer_open="<a>", answer_close="</a>")
+# One id per delimiter: <c>=10 </c>=11 <a>=12 </a>=13; words 1..7.
+ONE = SpanScanner(
+    _Pieces({10: "<c>", 11: "</c>", 12: "<a>", 13: "</a>"} | {i: f"w{i}" for i in range(1, 8)}), TAGS
+)
+# Each delimiter split in two ids (<c>=10 20, </c>=11 21, <a>=12 22, </a>=13 23), and ids that merge a
+# delimiter's first characters with the text before it (30 = "w.<"), or its last with the text after (31 = ">w").
+TWO = SpanScanner(
+    _Pieces(
+        {10: "<", 20: "c>", 11: "</", 21: "c>", 12: "<", 22: "a>", 13: "</", 23: "a>", 30: "w.<", 31: ">w"}
+        | {i: f"w{i}" for i in range(1, 8)}
+        | {24: "c", 25: "a"}
+    ),
+    TAGS,
+)
 
 
 # ---------------------------------------------------------------------------------------------
-# generated_roles on hand-built ids
+# Roles from text on hand-built ids
 # ---------------------------------------------------------------------------------------------
 
 
 def test_roles_single_token_delimiters() -> None:
     ids = [1, 2, 10, 3, 4, 11, 5, 12, 6, 13, 7]
-    # reasoning "1 2", the opening <tool_call> (the decision to act) is still REASONING, the call's content
-    # and its closing </tool_call> are ACTION, then reasoning "5", <answer> is REASONING, "6 </answer>" ANSWER.
+    # reasoning "1 2", the opening <c> (the decision to act) is still REASONING, the call's content
+    # and its closing </c> are ACTION, then reasoning "5", <a> is REASONING, "6 </a>" ANSWER.
     expected = [R, R, R, A, A, A, R, R, ANS, ANS, R]
-    assert generated_roles(ids, ONE) == expected
+    assert ONE.roles(ids) == expected
 
 
 def test_roles_multi_token_delimiters_change_after_last_token() -> None:
     ids = [1, 10, 20, 3, 11, 21, 4, 12, 22, 5, 13, 23, 6]
     expected = [R, R, R, A, A, A, R, R, R, ANS, ANS, ANS, R]
-    assert generated_roles(ids, TWO) == expected
+    assert TWO.roles(ids) == expected
+
+
+def test_roles_follow_text_when_a_delimiter_merges_with_its_neighbours() -> None:
+    # "w.<" "c>" opens the call (its first id carries text before the tag); "</" "c" ">w" closes it inside an
+    # id that carries text after the tag: the id after it is REASONING again.
+    ids = [30, 20, 3, 11, 24, 31, 4]
+    assert TWO.roles(ids) == [R, R, A, A, A, A, R]
+    turn = TWO.turn(ids[:5])
+    assert not turn.closed_call
+    turn.push(31)
+    assert turn.closed_call  # the turn ends on ">w", the id that completes "</c>"
 
 
 def test_roles_partial_or_misplaced_delimiters() -> None:
-    # 10 not followed by 20 is not an opening; a close while reasoning changes nothing.
-    assert generated_roles([10, 3, 20, 11, 21, 13, 23], TWO) == [R] * 7
-    # <answer> inside a tool call does not open an answer; only </tool_call> ends the call.
-    assert generated_roles([10, 12, 6, 13, 11, 7], ONE) == [R, A, A, A, A, R]
+    # "<" not followed by "c>" is not an opening; a close while reasoning changes nothing.
+    assert TWO.roles([10, 3, 20, 11, 21, 13, 23]) == [R] * 7
+    # <a> inside a tool call does not open an answer; only </c> ends the call.
+    assert ONE.roles([10, 12, 6, 13, 11, 7]) == [R, A, A, A, A, R]
     # An unclosed call stays ACTION to the end; an empty sequence has no roles.
-    assert generated_roles([10, 3, 4], ONE) == [R, A, A]
-    assert generated_roles([], ONE) == []
+    assert ONE.roles([10, 3, 4]) == [R, A, A]
+    assert ONE.roles([]) == []
 
 
 def test_roles_depend_on_prefix_only() -> None:
     """ℓ(t) depends on c_<t: the roles of a prefix are the prefix of the roles."""
-    ids = [1, 10, 20, 3, 11, 21, 4, 12, 22, 5, 13, 23, 6]
-    full = generated_roles(ids, TWO)
+    ids = [1, 10, 20, 3, 11, 21, 4, 12, 22, 5, 13, 23, 6, 30, 20, 7, 11, 24, 31]
+    full = TWO.roles(ids)
     for t in range(len(ids) + 1):
-        assert generated_roles(ids[:t], TWO) == full[:t]
+        assert TWO.roles(ids[:t]) == full[:t]
+        assert TWO.turn(ids[:t]).role == (full[t] if t < len(ids) else R)
 
 
 # ---------------------------------------------------------------------------------------------

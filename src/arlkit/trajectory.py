@@ -31,47 +31,6 @@ PAD_ROLE = -1
 
 
 @dataclass(frozen=True)
-class SpanDelimiters:
-    """Token-id sequences that open and close the ACTION and ANSWER spans.
-
-    A delimiter is a sequence because a tokenizer may split it; the role changes after its last token.
-    """
-
-    call_open: tuple[int, ...]
-    call_close: tuple[int, ...]
-    answer_open: tuple[int, ...]
-    answer_close: tuple[int, ...]
-
-
-def _ends_with(ids: Sequence[int], end: int, pattern: tuple[int, ...]) -> bool:
-    n = len(pattern)
-    return n > 0 and end + 1 >= n and tuple(ids[end + 1 - n : end + 1]) == pattern
-
-
-def generated_roles(ids: Sequence[int], delims: SpanDelimiters) -> list[Role]:
-    """Roles of one turn's generated ids (DART Eq. 2, arXiv 2602.00994).
-
-    ℓ(t) = ACTION iff the prefix c_<t is inside an open tool-call span: the call's content and its closing
-    delimiter are ACTION, the opening delimiter (the decision to act) is REASONING. ANSWER spans follow the
-    same rule with the answer tags. Since ℓ(t) depends on c_<t only, generation can route by it too.
-    """
-    roles: list[Role] = []
-    state = Role.REASONING
-    for t in range(len(ids)):
-        roles.append(state)
-        if state == Role.REASONING:
-            if _ends_with(ids, t, delims.call_open):
-                state = Role.ACTION
-            elif _ends_with(ids, t, delims.answer_open):
-                state = Role.ANSWER
-        elif (state == Role.ACTION and _ends_with(ids, t, delims.call_close)) or (
-            state == Role.ANSWER and _ends_with(ids, t, delims.answer_close)
-        ):
-            state = Role.REASONING
-    return roles
-
-
-@dataclass(frozen=True)
 class TurnRecord:
     """One assistant turn: where its generated span lies, the tool calls it made and its step reward.
 

@@ -14,7 +14,6 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from arlkit.errors import ArlkitError
-from arlkit.trajectory import SpanDelimiters
 
 
 @dataclass(frozen=True)
@@ -58,11 +57,3 @@ class ChatFormatter:
             )
         text = full[len(context_text) :]
         return Segment(self.encode(text), text)
-
-    def delimiters(self, call_open: str, call_close: str) -> SpanDelimiters:
-        return SpanDelimiters(
-            call_open=tuple(self.encode(call_open)),
-            call_close=tuple(self.encode(call_close)),
-            answer_open=tuple(self.encode("<answer>")),
-            answer_close=tuple(self.encode("</answer>")),
-        )

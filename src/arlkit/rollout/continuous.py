@@ -29,7 +29,7 @@ from arlkit.rollout.cuda_graph import StaticDecoder
 from arlkit.rollout.engine import Episode, RolloutParams, SpawnFn, sampling_params
 from arlkit.rollout.generator import SamplingParams, sample_next
 from arlkit.rollout.kv_cache import Layout, SlotCache, model_dims, window_mask
-from arlkit.trajectory import generated_roles
+from arlkit.rollout.spans import TurnText
 
 DECODE_MODES = ("dynamic", "static", "cuda_graph")
 
@@ -62,15 +62,16 @@ class _Slot:
     gen_lp: list[float] = field(default_factory=list)
     gen_ent: list[float] = field(default_factory=list)
     roles: list[int] | None = None  # routed policies: the role of each of `ids`, then of the next id
+    turn: TurnText | None = None  # this turn's text so far: the next id's role, whether a call closed
 
 
 def _new_slot(ep: Episode, n_cached: int, donor: Episode | None, routed: bool) -> _Slot:
     ids = ep.context_ids()
+    turn = ep.spans.turn(ep.partial.ids)
     roles = None
     if routed:  # a role depends on the ids before it only: the next id's is known before it is sampled
-        turn = generated_roles([*ep.partial.ids, 0], ep.delims)
-        roles = [*ep.traj.roles, *(int(r) for r in turn)]
-    return _Slot(ep, ids, n_cached, ep.turn_budget(), donor, roles=roles)
+        roles = [*ep.traj.roles, *(int(r) for r in ep.spans.roles(ep.partial.ids)), int(turn.role)]
+    return _Slot(ep, ids, n_cached, ep.turn_budget(), donor, roles=roles, turn=turn)
 
 
 class ContinuousEngine:
@@ -310,11 +311,13 @@ class ContinuousEngine:
             s.gen_ids.append(tok_l[b])
             s.gen_lp.append(lp_l[b])
             s.gen_ent.append(ent_l[b])
+            s.turn.push(tok_l[b])
             if s.roles is not None:
-                turn = [*s.ep.partial.ids, *s.gen_ids, 0]
-                s.roles.append(int(generated_roles(turn, s.ep.delims)[-1]))  # the next id's role
-            if end_l[b]:
-                finished.append((i, "stop" if stop_l[b] else "length"))
+                s.roles.append(int(s.turn.role))  # the next id's role
+            if stop_l[b] or s.turn.closed_call:
+                finished.append((i, "stop"))
+            elif end_l[b]:
+                finished.append((i, "length"))
         return finished
 
     def _elapsed(self, start: float) -> float:

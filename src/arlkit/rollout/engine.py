@@ -18,7 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 from arlkit.errors import ArlkitError
 from arlkit.rollout.chat import ChatFormatter
 from arlkit.rollout.generator import Generator, SamplingParams
-from arlkit.trajectory import GENERATED_ROLES, Role, Trajectory, generated_roles
+from arlkit.rollout.spans import SpanTags, scanner_for
+from arlkit.trajectory import GENERATED_ROLES, Role, Trajectory
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Episode:
         self.env, self.tokenizer, self.row, self.params = env, tokenizer, row, params
         self.messages: list[dict] = list(env.reset(row))
         self.chat = ChatFormatter(tokenizer, env.prompt_tools)
-        self.delims = self.chat.delimiters(env.fmt.call_open, env.fmt.call_close)
+        self.spans = scanner_for(tokenizer, SpanTags(env.fmt.call_open, env.fmt.call_close))
         seg = self.chat.prompt(self.messages)
         if len(seg.ids) >= params.max_length:  # nothing could be generated; the episode would be noise
             raise ArlkitError(
@@ -88,7 +89,8 @@ class Episode:
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
-        return (self.tokenizer.eos_token_id, *self.delims.call_close[-1:])
+        """Ids that end a turn; a turn also ends once its text closes a tool call (`self.spans`)."""
+        return (self.tokenizer.eos_token_id,)
 
     def context_ids(self) -> list[int]:
         """The ids the next token is conditioned on: the trajectory plus the partial turn."""
@@ -119,7 +121,7 @@ class Episode:
             ids, finish_reason = ids[:budget], "length"
         logprobs = list(logprobs[: len(ids)]) if logprobs is not None else [math.nan] * len(ids)
         entropies = list(entropies[: len(ids)]) if entropies is not None else None
-        self.traj.add_turn(ids, generated_roles(ids, self.delims), logprobs, entropies, finish_reason)
+        self.traj.add_turn(ids, self.spans.roles(ids), logprobs, entropies, finish_reason)
         decoded = self.tokenizer.decode(ids, skip_special_tokens=False)
         self.text += decoded
         self.messages.append({"role": "assistant", "content": _strip_eos(decoded, self.tokenizer.eos_token)})
@@ -272,7 +274,9 @@ class EpisodeRunner(Protocol):
 
 def sampling_params(params: RolloutParams, episode: Episode) -> SamplingParams:
     """One turn's sampling; the stop ids are the episode's (all episodes of a run share tokenizer and format)."""
-    return SamplingParams(params.max_new_tokens, params.temperature, params.top_p, episode.stop_token_ids)
+    return SamplingParams(
+        params.max_new_tokens, params.temperature, params.top_p, episode.stop_token_ids, episode.spans
+    )
 
 
 class TurnSyncRunner:

@@ -10,20 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from arlkit.rollout.spans import SpanScanner
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample one turn. temperature 0 means greedy."""
+    """How to sample one turn. temperature 0 means greedy. A turn ends after a stop id, or after the id that
+    completes the closing tool-call delimiter in its text when `spans` is given (rollout/spans.py)."""
 
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
     stop_token_ids: tuple[int, ...] = ()
+    spans: SpanScanner | None = None
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,7 @@ class Generation:
     ids: list[int]
     logprobs: list[float]  # log π(c_t | c_<t) under the temperature-scaled distribution
     entropies: list[float]
-    finish_reason: str  # "stop" (a stop token was generated, and kept) or "length"
+    finish_reason: str  # "stop" (a stop id or a closed tool call was generated, and kept) or "length"
 
 
 class Generator(Protocol):
@@ -126,6 +131,7 @@ class HFGenerator:
         new_ids, new_lp, new_ent = [], [], []
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         lengths = torch.zeros(B, dtype=torch.long, device=dev)
+        turns = [params.spans.turn() for _ in range(B)] if params.spans is not None else None
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
         for _ in range(params.max_new_tokens):
             tok, lp, ent = sample_next(out.logits[:, -1, :], params.temperature, params.top_p, self.rng)
@@ -134,7 +140,7 @@ class HFGenerator:
             new_lp.append(lp)
             new_ent.append(ent)
             lengths += (~done).long()
-            done = done | torch.isin(tok, stop)
+            done = done | torch.isin(tok, stop) | _closed_calls(turns, tok, done)
             if bool(done.all()):
                 break
             attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=dev)], dim=1)
@@ -158,6 +164,19 @@ class HFGenerator:
             )
             for i in range(B)
         ]
+
+
+def _closed_calls(turns: list | None, tok: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+    """(B,) rows whose turn text closed a tool call with this step's ids `tok` (B,); rows already done are
+    skipped. All False without span scanning."""
+    closed = torch.zeros_like(done)
+    if turns is None:
+        return closed
+    for b, (t, d) in enumerate(zip(tok.tolist(), done.tolist(), strict=True)):
+        if not d:
+            turns[b].push(t)
+            closed[b] = turns[b].closed_call
+    return closed
 
 
 class GenerateBaseline:
@@ -190,22 +209,38 @@ class GenerateBaseline:
             pad_token_id=self.pad_id,
             output_logits=True,
             return_dict_in_generate=True,
+            **_stop_strings(params),
         )
         new = out.sequences[:, width:].cpu()  # (B, n_new)
         logits = torch.stack(out.logits, 1).float().cpu()  # (B, n_new, V)
         logp = F.log_softmax(logits if greedy else logits / params.temperature, dim=-1)
         lp = logp.gather(-1, new[..., None]).squeeze(-1)
         ent = -(logp.exp() * logp).sum(-1)
-        stops = set(params.stop_token_ids)
         gens = []
         for i, row in enumerate(new.tolist()):
-            n = next((j + 1 for j, t in enumerate(row) if t in stops), len(row))
+            end = turn_end(row, params)
+            n = end or len(row)
             gens.append(
-                Generation(
-                    row[:n],
-                    lp[i, :n].tolist(),
-                    ent[i, :n].tolist(),
-                    "stop" if row[n - 1] in stops else "length",
-                )
+                Generation(row[:n], lp[i, :n].tolist(), ent[i, :n].tolist(), "stop" if end else "length")
             )
         return gens
+
+
+def turn_end(ids: Sequence[int], params: SamplingParams) -> int | None:
+    """1 + the index of the id that ends the turn (a stop id, or the id whose text closes a tool call when
+    `params.spans` is given), or None when none of `ids` does."""
+    stops = set(params.stop_token_ids)
+    turn = params.spans.turn() if params.spans is not None else None
+    for j, t in enumerate(ids):
+        if turn is not None:
+            turn.push(t)
+        if t in stops or (turn is not None and turn.closed_call):
+            return j + 1
+    return None
+
+
+def _stop_strings(params: SamplingParams) -> dict:
+    """`generate` keyword arguments that stop a row once its text closes a tool call."""
+    if params.spans is None:
+        return {}
+    return {"stop_strings": [params.spans.tags.call_close], "tokenizer": params.spans.tokenizer}
