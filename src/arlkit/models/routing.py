@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from arlkit.models.cache_api import CACHE_KWARG, with_cache
 from arlkit.trajectory import Role
 
 REASONING_ADAPTER, ACTION_ADAPTER = 0, 1
@@ -161,17 +162,14 @@ class TwoAgentModel(torch.nn.Module):
     def get_output_embeddings(self) -> torch.nn.Module:
         return self.reasoner.get_output_embeddings()
 
-    def forward(self, *args: Any, past_key_values: Any = None, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         routes = self.arlkit_route_state.routes
         if routes is None:
             raise RuntimeError("a routed model was called without routes; use `with routing(model, routes)`")
-        second = (
-            None
-            if past_key_values is None
-            else _OffsetCache(past_key_values, self.reasoner.config.num_hidden_layers)
-        )
-        out_r = self.reasoner(*args, past_key_values=past_key_values, **kwargs)
-        out_a = self.actor(*args, past_key_values=second, **kwargs)
+        cache = kwargs.pop(CACHE_KWARG, None)
+        second = None if cache is None else _OffsetCache(cache, self.reasoner.config.num_hidden_layers)
+        out_r = self.reasoner(*args, **with_cache(cache), **kwargs)
+        out_a = self.actor(*args, **with_cache(second), **kwargs)
         keep = out_r.logits.shape[1]
         sel = routes[:, -keep:].to(out_r.logits.device)[..., None] == ACTION_ADAPTER  # (B, T', 1)
         out_r.logits = torch.where(sel, out_a.logits, out_r.logits)

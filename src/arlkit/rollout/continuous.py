@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from arlkit.errors import ArlkitError
+from arlkit.models.cache_api import with_cache
 from arlkit.models.routing import is_routed, route_of_role, routing
 from arlkit.rollout.cuda_graph import StaticDecoder
 from arlkit.rollout.engine import Episode, RolloutParams, SpawnFn, sampling_params
@@ -275,7 +276,7 @@ class ContinuousEngine:
                 input_ids=ids,
                 position_ids=pos,
                 attention_mask=window_mask(pos, layout.kv_len, self.dtype),
-                past_key_values=self.cache,
+                **with_cache(self.cache),
                 use_cache=True,
                 logits_to_keep=1,
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from arlkit.models.cache_api import with_cache
 from arlkit.models.routing import is_routed, routing
 from arlkit.rollout.kv_cache import Layout, SlotCache, window_mask
 
@@ -42,7 +43,7 @@ class StaticDecoder:
                 input_ids=self.ids,
                 position_ids=self.pos,
                 attention_mask=self.mask,
-                past_key_values=self.cache,
+                **with_cache(self.cache),
                 use_cache=True,
                 logits_to_keep=1,
             )

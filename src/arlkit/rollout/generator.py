@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 
+from arlkit.models.cache_api import returned_cache, with_cache
+
 if TYPE_CHECKING:
     from arlkit.rollout.spans import SpanScanner
 
@@ -149,7 +151,7 @@ class HFGenerator:
                 input_ids=tok[:, None],
                 attention_mask=attn,
                 position_ids=pos,
-                past_key_values=out.past_key_values,
+                **with_cache(returned_cache(out)),
                 use_cache=True,
             )
         gen_ids = torch.stack(new_ids, 1).cpu()  # (B, n_new)
