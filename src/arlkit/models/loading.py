@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from arlkit.errors import ArlkitError
 from arlkit.models.chat_template import ensure_tool_template
+from arlkit.models.gguf import ensure_converted, gguf_source
 from arlkit.models.routing import TwoAgentModel, adapters_disabled, apply_dart, load_routed, routes_from_roles
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -79,6 +80,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_model_source(path: str | Path, gguf_file: str | None = None, field: str = "model.path") -> str:
+    """What transformers loads for a model path: a GGUF source (a .gguf file, a folder and `gguf_file`, the
+    alias "smollm2") is converted once to a cached Hugging Face folder (models/gguf.py), whose path is
+    returned; anything else (a folder, a Hugging Face id) is returned as given. Every reader of a model path
+    goes through here, so the rest of arlkit only sees folders and ids.
+
+    Raises:
+        ArlkitError: a GGUF source that is missing, unreadable or of an architecture transformers cannot load.
+    """
+    file = gguf_source(path, gguf_file, field)
+    return str(path) if file is None else str(ensure_converted(file))
+
+
 def check_local_path(path: str | Path, field: str = "model.path", needs: str | None = None) -> None:
     """Fail fast on a local path that cannot hold a model, where transformers would report a hub error.
 
@@ -104,15 +118,24 @@ def check_local_path(path: str | Path, field: str = "model.path", needs: str | N
         )
 
 
-def load_tokenizer(path: str | Path, field: str = "model.path") -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    path: str | Path, field: str = "model.path", gguf_file: str | None = None
+) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with its own chat template when that template can run tool episodes
     (Qwen2.5-style Hermes tool calls), else arlkit's ChatML template with tools (models/chat_template.py)."""
-    check_local_path(path, field)
+    source = resolve_model_source(path, gguf_file, field)
+    check_local_path(source, field)
     try:
-        tok = AutoTokenizer.from_pretrained(str(path))
+        tok = AutoTokenizer.from_pretrained(source)
     except Exception as e:  # transformers raises many types; the user needs the path and the cause
         raise ArlkitError(f"could not load a tokenizer from {field} {str(path)!r}: {e}") from None
     if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise ArlkitError(
+                f"the tokenizer of {field} {str(path)!r} has neither a pad nor an eos token, so batches cannot "
+                "be padded and generation cannot stop: set eos_token (and pad_token) in its "
+                "tokenizer_config.json"
+            )
         tok.pad_token = tok.eos_token  # many causal LMs ship without a pad token
     ensure_tool_template(tok)
     return tok
@@ -126,8 +149,10 @@ def load_policy(
     need_reference: bool = False,
     gradient_checkpointing: bool = False,
     routing: dict | None = None,
+    gguf_file: str | None = None,
 ) -> Policy:
-    """Load a causal LM and its tokenizer from a HF id or local folder, optionally wrapping it in LoRA or
+    """Load a causal LM and its tokenizer from a HF id, a local folder or a GGUF source (`gguf_file`: a file
+    in the folder `path`; see resolve_model_source), optionally wrapping it in LoRA or
     making it role-routed (`routing`: RoutingConfig fields). A folder saved from a routed policy reloads as one.
 
     `lora` holds peft LoraConfig fields (r, lora_alpha, lora_dropout, target_modules).
@@ -135,6 +160,7 @@ def load_policy(
     Raises:
         ArlkitError: the path does not hold a loadable model or tokenizer.
     """
+    path = resolve_model_source(path, gguf_file)
     check_local_path(path, needs=None if lora_checkpoint_base(path) else "config.json")
     tokenizer = load_tokenizer(path)
     saved = load_routed(path, DTYPES[dtype]) if Path(str(path)).is_dir() else None
@@ -185,8 +211,11 @@ def _routed_model(path: str | Path, dtype: str, routing: dict) -> torch.nn.Modul
     model = _from_pretrained(path, dtype)
     if routing["kind"] == "dart":
         return apply_dart(model, routing["rank"], routing["alpha"])
+    action_path = routing.get("action_model_path")
     actor = _from_pretrained(
-        routing.get("action_model_path") or path, dtype, "model.routing.action_model_path"
+        resolve_model_source(action_path, field="model.routing.action_model_path") if action_path else path,
+        dtype,
+        "model.routing.action_model_path",
     )
     try:
         return TwoAgentModel(model, actor)

@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForTokenClassification
 
 from arlkit.errors import ArlkitError
 from arlkit.models.forward import shift_values
+from arlkit.models.loading import resolve_model_source
 
 VALUE_HEAD_FILE = "value_head.pt"
 
@@ -59,6 +60,7 @@ def load_critic(path: str | Path, device: torch.device | str, dtype: torch.dtype
     Raises:
         ArlkitError: the path does not hold a model transformers can load.
     """
+    path = resolve_model_source(path, field="critic.path")
     try:
         config = AutoConfig.from_pretrained(str(path), num_labels=1, classifier_dropout=0.0)
         model = AutoModelForTokenClassification.from_pretrained(str(path), config=config, dtype=dtype)

@@ -20,7 +20,7 @@ from rich.progress import (
 
 from arlkit.config import Config
 from arlkit.errors import ArlkitError
-from arlkit.models.loading import DTYPES, Policy, load_policy
+from arlkit.models.loading import DTYPES, Policy, load_policy, resolve_model_source
 from arlkit.models.value import ValueHead, load_critic
 from arlkit.rollout.backends import make_runner
 from arlkit.rollout.engine import EpisodeRunner
@@ -68,13 +68,14 @@ def build_task(cfg: Config) -> Task:
 
 
 def resolve_model_path(cfg: Config, task: Task, console: Console) -> Path | str:
-    """`tiny` means the embedded base for this toy task's world, built (minutes) and cached on first use."""
-    if cfg.model.path != "tiny":
-        return cfg.model.path
+    """`tiny` means the embedded base for this toy task's world, built (minutes) and cached on first use; a
+    GGUF source (a .gguf file, model.gguf_file, `smollm2`) its Hugging Face folder, converted once and cached."""
+    if cfg.model.path != "tiny" or cfg.model.gguf_file is not None:
+        return resolve_model_source(cfg.model.path, cfg.model.gguf_file)
     if not isinstance(task, ToyTask):
         raise ArlkitError(
             f"model.path 'tiny' needs a toy task (toywiki, toysql, math_python); task {task.name!r} needs a "
-            "real model: set model.path to a Hugging Face id or a local folder"
+            "real model: set model.path to a Hugging Face id, a local folder, a .gguf file or 'smollm2'"
         )
     from arlkit.models.tiny import TinyRecipe, cache_root, ensure_base
 

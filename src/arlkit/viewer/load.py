@@ -119,9 +119,9 @@ def _run_tokenizer(run: Path, config: dict) -> Any:
     for candidate in [ckpts / "final", *reversed(saved)]:
         if (candidate / "tokenizer_config.json").is_file():
             return load_tokenizer(candidate)
-    model_path = (config.get("model") or {}).get("path")
-    if model_path and model_path != "tiny":
-        return load_tokenizer(model_path)
+    model = config.get("model") or {}
+    if model.get("path") and model["path"] != "tiny":
+        return load_tokenizer(model["path"], gguf_file=model.get("gguf_file"))
     raise ArlkitError(
         f"the samples in {str(run)!r} have no per-token text and the run has no saved tokenizer "
         "(checkpoints/final); pass one with --tokenizer PATH"
