@@ -248,13 +248,18 @@ class AlgoConfig(_Section):
     # bounds activation memory; None: micro_batch_size rows in batch order
     micro_batch_tokens: int | None = Field(8192, gt=0)
     packing: bool = True  # padding-free forwards (models/packing.py): same values, fewer tokens
+    # tokens per chunk of the output head (models/head.py): logprobs and entropies without the micro-batch's
+    # full (tokens, vocab) float32 logits; None computes them at once (the previous path, for benchmarks)
+    head_chunk_tokens: int | None = Field(1024, gt=0)
     grad_clip: float = Field(1.0, gt=0)
 
     @property
     def micro_batching(self) -> MicroBatching:
         from arlkit.models.packing import MicroBatching
 
-        return MicroBatching(self.micro_batch_size, self.micro_batch_tokens, self.packing)
+        return MicroBatching(
+            self.micro_batch_size, self.micro_batch_tokens, self.packing, self.head_chunk_tokens
+        )
 
     @field_validator("advantage", "policy_loss", "aggregation", "kl_estimator")
     @classmethod

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from arlkit.models.head import DEFAULT_CHUNK, next_token_stats
 from arlkit.models.routing import routing
 
 
@@ -29,31 +29,28 @@ def token_logprobs(
     with_entropy: bool = False,
     with_hidden: bool = False,
     routes: torch.Tensor | None = None,
+    chunk: int | None = DEFAULT_CHUNK,
 ) -> TokenStats:
     """log π(c_t | c_<t) of each token under softmax(logits / temperature). input_ids: (B, T).
 
     `routes` (B, T): the adapter/model of each position for a role-routed policy (models/routing.py).
+    `chunk`: tokens per output-head chunk (models/head.py); None: full logits at once.
     """
     pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     with routing(model, None if routes is None else routes.to(input_ids.device)):
-        out = model(
-            input_ids=input_ids,
+        out = next_token_stats(
+            model,
+            input_ids,
+            temperature,
+            with_entropy,
+            with_hidden,
+            chunk,
             attention_mask=attention_mask,
             position_ids=pos,
-            use_cache=False,
-            output_hidden_states=with_hidden,
         )
-    logits = out.logits[:, :-1].float()  # (B, T-1, V)
-    if temperature > 0 and temperature != 1.0:
-        logits = logits / temperature
-    logp_all = F.log_softmax(logits, dim=-1)  # (B, T-1, V)
-    lp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
-    zero = lp.new_zeros((lp.shape[0], 1))
-    ent = None
-    if with_entropy:
-        ent = torch.cat([zero, -(logp_all.exp() * logp_all).sum(-1)], dim=1)
-    hidden = out.hidden_states[-1] if with_hidden else None
-    return TokenStats(logprobs=torch.cat([zero, lp], dim=1), entropies=ent, hidden=hidden)
+    zero = out.logprobs.new_zeros((input_ids.shape[0], 1))
+    ent = None if out.entropies is None else torch.cat([zero, out.entropies], dim=1)
+    return TokenStats(logprobs=torch.cat([zero, out.logprobs], dim=1), entropies=ent, hidden=out.hidden)
 
 
 def shift_values(per_position: torch.Tensor) -> torch.Tensor:

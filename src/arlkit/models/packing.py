@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from arlkit.models.forward import TokenStats, shift_values, token_logprobs
+from arlkit.models.head import DEFAULT_CHUNK, next_token_stats
 from arlkit.models.routing import routing
 
 
@@ -96,32 +97,31 @@ def packed_token_logprobs(
     with_entropy: bool = False,
     with_hidden: bool = False,
     routes: torch.Tensor | None = None,
+    chunk: int | None = DEFAULT_CHUNK,
 ) -> TokenStats:
     """`token_logprobs` computed on packed rows: the same (B, T) outputs, token-aligned (entry t is about
     token t predicted from c_<t; entry 0 and padding are 0), for fewer forward tokens. `hidden` is per
-    position, as `token_logprobs` gives it; `routes` (B, T) are packed alongside the ids."""
+    position, as `token_logprobs` gives it; `routes` (B, T) are packed alongside the ids; `chunk`: tokens per
+    output-head chunk (models/head.py), None: full logits at once."""
     lay = pack(input_ids, attention_mask)
     with routing(model, None if routes is None else lay.pack_like(routes.to(input_ids.device))):
-        out = model(
-            input_ids=lay.input_ids,
+        out = next_token_stats(
+            model,
+            lay.input_ids,
+            temperature,
+            with_entropy,
+            with_hidden,
+            chunk,
             position_ids=lay.position_ids,
-            use_cache=False,
-            output_hidden_states=with_hidden,
         )
-    logits = out.logits[:, :-1].float()  # (R, W-1, V): position t predicts packed position t+1
-    if temperature > 0 and temperature != 1.0:
-        logits = logits / temperature
-    logp_all = F.log_softmax(logits, dim=-1)
-    nxt = logp_all.gather(-1, lay.input_ids[:, 1:, None]).squeeze(-1)  # (R, W-1); wrong at sequence ends
-    stats = [nxt]
-    if with_entropy:
-        stats.append(-(logp_all.exp() * logp_all).sum(-1))
+    # (R, W-1): position t predicts packed position t+1; wrong at sequence ends, which unpack onto padding
+    stats = [out.logprobs] if out.entropies is None else [out.logprobs, out.entropies]
     aligned = []
     for x in stats:
         at_pos = lay.unpack(F.pad(x, (0, 1)))  # (B, T): entry t predicts token t+1 (garbage at each end)
         shifted = F.pad(at_pos[:, :-1], (1, 0))  # entry t is about token t; a sequence's end falls on padding
         aligned.append(shifted * attention_mask)
-    hidden = lay.unpack(out.hidden_states[-1]) if with_hidden else None
+    hidden = None if out.hidden is None else lay.unpack(out.hidden)
     return TokenStats(aligned[0], aligned[1] if with_entropy else None, hidden)
 
 
@@ -155,6 +155,7 @@ class MicroBatching:
     rows: int
     tokens: int | None = None  # None: `rows` sequences per forward, in batch order
     packed: bool = False
+    chunk: int | None = DEFAULT_CHUNK  # tokens per output-head chunk (models/head.py); None: full logits
 
     def split(self, index: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
         """Micro-batches of the batch rows `index` (B',) long; attention_mask: the whole batch's (B, T)."""
@@ -174,7 +175,9 @@ class MicroBatching:
         routes: torch.Tensor | None = None,
     ) -> TokenStats:
         fn = packed_token_logprobs if self.packed else token_logprobs
-        return fn(model, input_ids, attention_mask, temperature, with_entropy, with_hidden, routes)
+        return fn(
+            model, input_ids, attention_mask, temperature, with_entropy, with_hidden, routes, self.chunk
+        )
 
     def critic_values(self, critic: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """(B, T) aligned values of a separate critic (`SeparateCritic`: a token-classification model)."""
