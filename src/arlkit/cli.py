@@ -185,7 +185,7 @@ def eval_cmd(
     try:
         extra = [f"model.path={model}"] if model else []
         cfg = load_config(config, [*(overrides or []), *extra, "train.steps=0"])
-        s = setup(cfg, console)
+        s = setup(cfg, console, for_training=False)  # updates nothing: no optimiser, KL reference, critic
         metrics = run_eval(s, 0, "eval")
     except ArlkitError as e:
         _fail(e)

@@ -176,7 +176,13 @@ def load_policy(
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 
+        # Stacked, not merged: fresh adapters train on the model as loaded (a LoRA checkpoint's own adapters
+        # merged in, see `_from_pretrained`), and the saved adapter_config.json names the loaded folder itself,
+        # absolute, as their base. Checkpoints stay adapter-sized, the KL reference (adapters disabled) is the
+        # policy the run started from, and a reload merges the chain link by link (docs/real_model.md).
+        base_name = model.name_or_path
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+        model.peft_config["default"].base_model_name_or_path = base_name
         return Policy(model=model, tokenizer=tokenizer, lora=True)
     ref = _frozen_copy(model) if need_reference else None
     return Policy(model=model, tokenizer=tokenizer, ref_model=ref)
@@ -192,16 +198,26 @@ def lora_checkpoint_base(path: str | Path) -> str | None:
 
 
 def _from_pretrained(path: str | Path, dtype: str, field: str = "model.path") -> torch.nn.Module:
-    """A causal LM; a LoRA checkpoint loads as its base with the adapters merged (evaluation and analyses of
-    LoRA runs read the policy that training produced)."""
+    """A causal LM whose `name_or_path` is the absolute path of the folder it came from (peft writes that name
+    into the adapter_config.json of LoRA adapters trained on it, so they reload from any working directory).
+
+    A LoRA checkpoint loads as its base with the adapters merged (evaluation and analyses of LoRA runs read the
+    policy that training produced); a chain of them (RL adapters whose base is a LoRA SFT checkpoint) merges
+    link by link, the first base first. The merged model is a plain one, trainable in full like any other.
+    """
+    local = Path(str(path)).expanduser()
+    name = str(local.resolve()) if local.exists() else str(path)  # else a Hugging Face id
     base = lora_checkpoint_base(path)
     if base is not None:
         from peft import PeftModel
 
         model = _from_pretrained(base, dtype, f"{field} (the base named in {path}/adapter_config.json)")
-        return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+        model = PeftModel.from_pretrained(model, name).merge_and_unload()
+        model.requires_grad_(True)  # peft froze the base for its adapters; a full fine-tune trains it all
+        model.name_or_path = model.config.name_or_path = name  # this folder is the next link's base
+        return model
     try:
-        return AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
+        return AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[dtype])
     except Exception as e:  # transformers raises many types; the user needs the path and the cause
         raise ArlkitError(f"could not load a causal LM from {field} {str(path)!r}: {e}") from None
 

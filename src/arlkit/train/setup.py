@@ -52,7 +52,7 @@ class Setup:
     policy: Policy
     task: Task
     generator: EpisodeRunner
-    opts: Optimisers
+    opts: Optimisers | None  # None when set up for evaluation only (`setup(..., for_training=False)`)
     run: RunDir
     train_rows: list[dict]
     eval_rows: list[dict]
@@ -65,6 +65,34 @@ class Setup:
 def build_task(cfg: Config) -> Task:
     """The task the config's `task` section names (see `arlkit.tasks`)."""
     return task_from_config(cfg.task)
+
+
+# names `resolve_model_path` maps to a model before any folder of the same name (smollm2: models/gguf.py)
+MODEL_ALIASES = ("tiny", "smollm2")
+
+
+def absolute_model_path(path: str) -> str:
+    """`path` made absolute (relative to the working directory, `~` and symlinks resolved) when it names
+    something on disk; else unchanged: a Hugging Face id, an alias, or a typo that loading reports as typed."""
+    local = Path(path).expanduser()
+    return str(local.resolve()) if path not in MODEL_ALIASES and local.exists() else path
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """`cfg` with the models it loads (model.path, model.routing.action_model_path, critic.path) named by
+    absolute paths. The run folder's config.yaml, its checkpoints' saved config and the adapters it saves then
+    name models that reload from any working directory: a resume, an eval or the next stage of a chain may
+    run elsewhere, where a relative path names another folder or none."""
+    data = cfg.model_dump()
+    fields = [
+        (data["model"], "path"),
+        (data["critic"], "path"),
+        (data["model"]["routing"] or {}, "action_model_path"),
+    ]
+    for section, name in fields:
+        if section.get(name):
+            section[name] = absolute_model_path(section[name])
+    return Config.model_validate(data)
 
 
 def resolve_model_path(cfg: Config, task: Task, console: Console) -> Path | str:
@@ -118,17 +146,21 @@ def _lora_kwargs(cfg: Config) -> dict | None:
     }
 
 
-def build_policy(cfg: Config, path: Path | str, device: torch.device) -> Policy:
-    """The policy, its KL reference when needed, and the critic the config asks for."""
+def build_policy(cfg: Config, path: Path | str, device: torch.device, for_training: bool = True) -> Policy:
+    """The policy, its KL reference when needed, and the critic the config asks for. For evaluation only
+    (`for_training=False`), nothing that only an update uses: no fresh LoRA adapters (initialised to change no
+    output), no KL reference, no critic or value head."""
     policy = load_policy(
         path,
         cfg.model.dtype,
         device,
-        _lora_kwargs(cfg),
-        cfg.algo.kl_coef > 0,
+        _lora_kwargs(cfg) if for_training else None,
+        for_training and cfg.algo.kl_coef > 0,
         cfg.model.gradient_checkpointing,
         cfg.model.routing.model_dump() if cfg.model.routing else None,
     )
+    if not for_training:
+        return policy
     if cfg.critic.kind == "value_head":
         policy.value_head = ValueHead(policy.model.config.hidden_size).to(device)
     elif cfg.critic.kind == "separate":
@@ -152,7 +184,10 @@ def build_optimisers(cfg: Config, policy: Policy) -> Optimisers:
     return Optimisers(actor, sched, critic, critic_sched)
 
 
-def setup(cfg: Config, console: Console) -> Setup:
+def setup(cfg: Config, console: Console, for_training: bool = True) -> Setup:
+    """The run's Setup; `for_training=False` (arlkit eval) builds no optimiser (`opts` is None) and none of
+    what only an update uses (see `build_policy`). Local model paths are made absolute first."""
+    cfg = with_absolute_paths(cfg)
     torch.manual_seed(cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -164,7 +199,7 @@ def setup(cfg: Config, console: Console) -> Setup:
         task = build_task(cfg)
         path = resolve_model_path(cfg, task, console)
     task = with_ray_tools(task, cfg.ray)
-    policy = build_policy(cfg, path, dist.device)
+    policy = build_policy(cfg, path, dist.device, for_training)
     broadcast_parameters([policy.model, policy.value_head, policy.critic], dist)
     if dist.fsdp:
         policy.train_model = shard_for_training(policy.model, dist)
@@ -192,7 +227,7 @@ def setup(cfg: Config, console: Console) -> Setup:
             cuda_graphs=cfg.rollout.cuda_graphs,
             routing=policy.routing,
         ),
-        opts=build_optimisers(cfg, policy),
+        opts=build_optimisers(cfg, policy) if for_training else None,
         run=run,
         train_rows=task.rows(cfg.task.train_split, n_train, seed=cfg.train.seed + 1000),
         eval_rows=task.rows("heldout", cfg.task.n_eval, seed=cfg.task.eval_seed),
