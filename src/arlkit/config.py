@@ -73,6 +73,9 @@ class ModelConfig(_Section):
     lora: LoraConfig | None = None  # None: full fine-tuning
     routing: RoutingConfig | None = None  # None: one policy for every token
     gradient_checkpointing: bool = False
+    # add the tool-call/answer delimiters the tokenizer splits as single tokens, growing the embeddings
+    # (models/delimiters.py); a no-op for a tokenizer that has them already (the tiny base, Qwen2.5's <tool_call>)
+    add_delimiter_tokens: bool = False
 
     @model_validator(mode="after")
     def _one_adaptation(self) -> ModelConfig:
@@ -203,6 +206,9 @@ class RolloutConfig(_Section):
     )
     prefill_tokens: int = Field(8192, gt=0)  # engine: padded tokens per prefill forward (activation memory)
     cuda_graphs: bool = False  # engine on a GPU: decode with a static cache captured in a CUDA graph
+    # "policy": generate with the trained weights; "bfloat16": with a bf16 copy refreshed after every update
+    # (faster where the hardware multiplies bf16 faster; rollout/logprob_diff measures the mismatch)
+    dtype: Literal["policy", "bfloat16"] = "policy"
 
 
 class AlgoConfig(_Section):
@@ -347,6 +353,9 @@ class TrainConfig(_Section):
     # gradients; "fsdp" shards the trained weights, gradients and optimiser state (train/fsdp.py)
     strategy: Literal["ddp", "fsdp"] = "ddp"
     threads: int | None = Field(None, gt=0)  # torch CPU threads; None keeps torch's default
+    # "bf16": the trainer's forwards and backwards (update, old/reference log-probs, SFT) under bf16 autocast
+    # with float32 weights and optimiser state (models/precision.py); "fp32": all float32
+    precision: Literal["fp32", "bf16"] = "fp32"
     keep_checkpoints: int = Field(2, gt=0)  # step_N checkpoints kept (the oldest are deleted); `final` stays
     # consecutive steps whose loss or gradients are not finite (their updates are skipped) before the run
     # stops with an error; the last good state is checkpointed first
@@ -371,11 +380,17 @@ class SFTConfig(_Section):
     `task.train_split` (the paper's base / SFT / RL comparison, arXiv 2604.14877)."""
 
     strategy: str = "all_hops"  # the task's demonstration strategy; toywiki's gold expert searches every hop
+    # several strategies, each demonstration drawn with these weights (overrides `strategy`): an imperfect
+    # warm start that leaves RL behaviours to reweight, as the tiny base's recipe mixes them
+    strategy_mix: dict[str, float] | None = None
     n_demos: int = Field(2000, gt=0)
     steps: int = Field(200, gt=0)
     batch_size: int = Field(32, gt=0)
     lr: float = Field(3e-4, gt=0)  # fine-tuning a trained base: ~ the base recipe's final lr (3e-3 × 0.1)
     warmup: int = Field(10, ge=0)
+    # forward tokens per packed micro-batch, gradients accumulated; None: each batch in one padded forward
+    micro_batch_tokens: int | None = Field(None, gt=0)
+    lora: bool = False  # `arlkit recipe`'s SFT stage: with model.lora's adapters (true) or in full (false)
 
 
 class _SampledQuestions(_Section):

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from arlkit.errors import ArlkitError
 from arlkit.models.chat_template import ensure_tool_template
+from arlkit.models.delimiters import add_delimiter_tokens, split_delimiters
 from arlkit.models.gguf import ensure_converted, gguf_source
 from arlkit.models.routing import TwoAgentModel, adapters_disabled, apply_dart, load_routed, routes_from_roles
 
@@ -150,12 +151,14 @@ def load_policy(
     gradient_checkpointing: bool = False,
     routing: dict | None = None,
     gguf_file: str | None = None,
+    add_delimiters: bool = False,
 ) -> Policy:
     """Load a causal LM and its tokenizer from a HF id, a local folder or a GGUF source (`gguf_file`: a file
     in the folder `path`; see resolve_model_source), optionally wrapping it in LoRA or
     making it role-routed (`routing`: RoutingConfig fields). A folder saved from a routed policy reloads as one.
 
-    `lora` holds peft LoraConfig fields (r, lora_alpha, lora_dropout, target_modules).
+    `lora` holds peft LoraConfig fields (r, lora_alpha, lora_dropout, target_modules). `add_delimiters`: add
+    the tool-call and answer delimiters the tokenizer splits as single tokens (models/delimiters.py).
 
     Raises:
         ArlkitError: the path does not hold a loadable model or tokenizer.
@@ -170,6 +173,14 @@ def load_policy(
         ref = _frozen_copy(model) if need_reference and info["kind"] == "two_agent" else None
         return Policy(model=model, tokenizer=tokenizer, ref_model=ref, routing=info)
     model = _from_pretrained(path, dtype)
+    if add_delimiters and split_delimiters(tokenizer):
+        if lora is not None:
+            raise ArlkitError(
+                f"model.add_delimiter_tokens with model.lora: {path} splits the delimiters, and LoRA adapters "
+                "would neither train nor save the new embedding rows. Add them in a full fine-tuning stage "
+                "first (configs/smollm2_toywiki.yaml's SFT does), or set one of the two off"
+            )
+        add_delimiter_tokens(model, tokenizer)
     model.to(device)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()

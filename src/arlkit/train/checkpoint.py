@@ -274,6 +274,8 @@ def resume_run(s: Setup, console: Console) -> TrainState:
             "the run is no longer an exact continuation"
         )
     restore(s, saved, path)
+    if s.sampler is not None:  # the bf16 rollout copy was made from the weights before the restore
+        s.sampler.refresh(s.policy.model)
     s.run.rewind(saved["logs"], state.step)
     console.print(f"resumed from {path} after step {state.step}")
     return state

@@ -16,6 +16,7 @@ from arlkit.algos.shaping import overlong_penalty, varied_groups
 from arlkit.config import Config
 from arlkit.eval.evaluate import episode_metrics, evaluate
 from arlkit.eval.plots import plot_curves
+from arlkit.models.precision import autocast
 from arlkit.rollout.engine import Episode, RolloutParams, rollout, rollout_episodes
 from arlkit.train.branching_step import Tree, branch_advantages, branch_shapers, grow_tree
 from arlkit.train.checkpoint import resume_or_start, save_checkpoint, save_state
@@ -194,25 +195,29 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     t1 = time.perf_counter()
     batch = collate(trajs, s.policy.tokenizer.pad_token_id)
     train_actor = step > cfg.critic.warmup_steps
-    data = prepare(s, batch, baselines)
+    with autocast(s.dist.device, cfg.train.precision):
+        data = prepare(s, batch, baselines)
     data = replace(
         data, batch=loss_weighted(s, batch, filtered), shapers=build_shapers(s, batch, trajs, tree)
     )
     if tree:
         data = branch_advantages(s.cfg.branching, data, tree)
     t2 = time.perf_counter()
-    stats = update(
-        s.policy,
-        s.opts,
-        data,
-        cfg.algo,
-        cfg.critic,
-        cfg.rollout.temperature,
-        s.rng,
-        cfg.algo.norm_constant or cfg.token_budget,
-        train_actor,
-        s.sync,
-    )
+    with autocast(s.dist.device, cfg.train.precision):
+        stats = update(
+            s.policy,
+            s.opts,
+            data,
+            cfg.algo,
+            cfg.critic,
+            cfg.rollout.temperature,
+            s.rng,
+            cfg.algo.norm_constant or cfg.token_budget,
+            train_actor,
+            s.sync,
+        )
+    if s.sampler is not None:  # the bf16 rollout copy generates with the weights just trained
+        s.sampler.refresh(s.policy.model)
     t3 = time.perf_counter()
     metrics = behaviour | step_metrics(trajs, data, stats.actor, stats.critic)
     metrics.update(

@@ -21,6 +21,7 @@ from rich.progress import (
 from arlkit.config import Config
 from arlkit.errors import ArlkitError
 from arlkit.models.loading import DTYPES, Policy, load_policy, resolve_model_source
+from arlkit.models.precision import SamplerCopy
 from arlkit.models.value import ValueHead, load_critic
 from arlkit.rollout.backends import make_runner
 from arlkit.rollout.engine import EpisodeRunner
@@ -60,6 +61,9 @@ class Setup:
     cursor: int = 0  # this rank's own count of prompts taken (train/distributed.py maps it to the stream)
     dist: Dist = field(default_factory=Dist)
     sync: GradSync | None = None  # the gradient sum across ranks; None in one process
+    sampler: SamplerCopy | None = (
+        None  # rollout.dtype bfloat16: the copy `generator` runs, refreshed per update
+    )
 
 
 def build_task(cfg: Config) -> Task:
@@ -158,6 +162,7 @@ def build_policy(cfg: Config, path: Path | str, device: torch.device, for_traini
         for_training and cfg.algo.kl_coef > 0,
         cfg.model.gradient_checkpointing,
         cfg.model.routing.model_dump() if cfg.model.routing else None,
+        add_delimiters=cfg.model.add_delimiter_tokens,
     )
     if not for_training:
         return policy
@@ -166,6 +171,21 @@ def build_policy(cfg: Config, path: Path | str, device: torch.device, for_traini
     elif cfg.critic.kind == "separate":
         policy.critic = load_critic(cfg.critic.path or path, device, DTYPES[cfg.model.dtype])
     return policy
+
+
+def build_sampler(cfg: Config, policy: Policy) -> SamplerCopy | None:
+    """The bf16 copy rollouts run on when `rollout.dtype` asks for one (models/precision.py).
+
+    Raises:
+        ArlkitError: a role-routed policy, whose adapters route per token inside the engine.
+    """
+    if cfg.rollout.dtype == "policy":
+        return None
+    if policy.routing is not None:
+        raise ArlkitError(
+            "rollout.dtype bfloat16 samples from a plain copy; a routed policy (model.routing) needs 'policy'"
+        )
+    return SamplerCopy(policy.model, torch.bfloat16)
 
 
 def build_optimisers(cfg: Config, policy: Policy) -> Optimisers:
@@ -213,13 +233,15 @@ def setup(cfg: Config, console: Console, for_training: bool = True) -> Setup:
     # enough distinct prompts for every step even when dynamic sampling draws extra rounds
     rounds = cfg.algo.max_sampling_rounds if cfg.algo.dynamic_sampling else 1
     n_train = max(cfg.train.steps, 1) * cfg.rollout.prompts_per_step * rounds
+    sampler = build_sampler(cfg, policy)
     return Setup(
         cfg=cfg,
         policy=policy,
         task=task,
+        sampler=sampler,
         generator=make_runner(
             cfg.rollout.backend,
-            policy.model,
+            policy.model if sampler is None else sampler.model,
             policy.tokenizer.pad_token_id,
             max_batch=cfg.rollout.max_batch,
             seed=rollout_seed(cfg.train.seed, dist),

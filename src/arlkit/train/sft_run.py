@@ -10,7 +10,9 @@ after, curves.png, summary.json and checkpoints/final.
 
 from __future__ import annotations
 
+import random
 import time
+from collections import Counter
 from typing import Any
 
 from rich.console import Console
@@ -35,11 +37,20 @@ def demonstrations(s: Setup) -> list[Trajectory]:
     strategies = getattr(s.task, "demo_strategies", ())
     if not strategies:
         raise ArlkitError(f"task {s.task.name!r} has no scripted demonstrations: arlkit sft needs a toy task")
-    if sc.strategy not in strategies:
-        raise ArlkitError(f"sft.strategy {sc.strategy!r} is not one of the task's: {', '.join(strategies)}")
+    mix = sc.strategy_mix or {sc.strategy: 1.0}
+    for name in mix:
+        if name not in strategies:
+            field = "sft.strategy_mix" if sc.strategy_mix else "sft.strategy"
+            raise ArlkitError(
+                f"{field}: {name!r} is not one of the task's strategies: {', '.join(strategies)}"
+            )
     # a seed offset of its own: the RL loop draws its prompts from the same split with train.seed + 1000
     rows = s.task.rows(s.cfg.task.train_split, sc.n_demos, seed=s.cfg.train.seed + 2000)
-    return [demo_trajectory(s.task, s.policy.tokenizer, row, sc.strategy) for row in rows]
+    rng = random.Random(s.cfg.train.seed + 2000)
+    picks = rng.choices(list(mix), weights=list(mix.values()), k=len(rows))
+    return [
+        demo_trajectory(s.task, s.policy.tokenizer, row, pick) for row, pick in zip(rows, picks, strict=True)
+    ]
 
 
 def run_sft(cfg: Config, console: Console | None = None) -> dict[str, Any]:
@@ -57,10 +68,18 @@ def run_sft(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     s = setup(cfg, console)
     sc = s.cfg.sft
     demos = demonstrations(s)
-    console.print(f"[bold]run folder[/] {s.run.path}  ·  {len(demos)} '{sc.strategy}' demonstrations")
+    kinds = Counter(d.metadata["strategy"] for d in demos)
+    described = ", ".join(f"{n} '{k}'" for k, n in kinds.most_common())
+    console.print(f"[bold]run folder[/] {s.run.path}  ·  demonstrations: {described}")
     base = run_eval(s, 0, "base") if cfg.task.n_eval and cfg.train.eval_base else {}
     params = SFTParams(
-        steps=sc.steps, batch_size=sc.batch_size, lr=sc.lr, warmup=sc.warmup, seed=cfg.train.seed
+        steps=sc.steps,
+        batch_size=sc.batch_size,
+        lr=sc.lr,
+        warmup=sc.warmup,
+        seed=cfg.train.seed,
+        micro_batch_tokens=sc.micro_batch_tokens,
+        precision=cfg.train.precision,
     )
     with progress(console) as prog:
         bar = prog.add_task("SFT", total=sc.steps, info="")
