@@ -14,7 +14,8 @@ in a fresh process on that same batch (so its peak memory is its own), one per c
   or `packed` (token-budgeted micro-batches of `--tokens`, sequences end to end: models/packing.py);
 - head: `chunked` (logprobs and entropies `--chunk` tokens at a time: models/head.py) or `full` (the
   micro-batch's full float32 logits at once: the previous path);
-- tuning: `full` (every weight) or `lora` (rank `--lora-rank` on every linear layer, peft).
+- tuning: `full` (every weight) or `lora` (rank `--lora-rank` on every linear layer, peft);
+- precision: `fp32` or `bf16` (the update under bf16 autocast, float32 weights: train.precision).
 Tokens/s counts real (non-padding) tokens; the first `--warmup` updates of each process are not timed.
 """
 
@@ -35,6 +36,7 @@ from _common import load_model, measure, set_threads
 from arlkit.algos.advantages import ADVANTAGES, AdvantageInputs, AdvantageParams
 from arlkit.config import AlgoConfig, CriticConfig
 from arlkit.models.loading import Policy
+from arlkit.models.precision import autocast
 from arlkit.rollout.continuous import ContinuousEngine
 from arlkit.rollout.engine import RolloutParams, rollout
 from arlkit.train.update import Optimisers, UpdateBatch, update
@@ -86,9 +88,9 @@ def synthetic_trajectories(args: argparse.Namespace, vocab: int) -> list[Traject
     return trajs
 
 
-def run_variant(variant: tuple[str, str, str], args: argparse.Namespace, path: Path) -> dict:
+def run_variant(variant: tuple[str, str, str, str], args: argparse.Namespace, path: Path) -> dict:
     """One process: load the model, tune it as `variant` says, time `args.updates` updates on the batch."""
-    layout, head, tuning = variant
+    layout, head, tuning, precision = variant
     set_threads(args.threads)
     model, tok, _ = load_model(args.model, args.device, args.dtype)
     if tuning == "lora":
@@ -111,7 +113,8 @@ def run_variant(variant: tuple[str, str, str], args: argparse.Namespace, path: P
     gen = torch.Generator().manual_seed(0)
 
     def one() -> None:
-        update(policy, opts, data, algo, CriticConfig(), 1.0, gen)
+        with autocast(torch.device(args.device), precision):
+            update(policy, opts, data, algo, CriticConfig(), 1.0, gen)
 
     for _ in range(args.warmup):
         one()
@@ -166,13 +169,15 @@ def main() -> None:
     p.add_argument("--heads", default="chunked", help="chunked, full or both (full,chunked)")
     p.add_argument("--tuning", default="full", help="full, lora or both (lora,full)")
     p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--precision", default="fp32", help="fp32, bf16 or both (fp32,bf16)")
     p.add_argument("--updates", type=int, default=3, help="timed updates per process")
     p.add_argument("--warmup", type=int, default=1, help="untimed updates first")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     args.batch = args.batch or ("rollout" if args.model == "tiny" else "synthetic")
     args.episodes = args.episodes or (64 if args.batch == "rollout" else 32)
-    variants = list(itertools.product(args.layouts.split(","), args.heads.split(","), args.tuning.split(",")))
+    dims = (args.layouts, args.heads, args.tuning, args.precision)
+    variants = list(itertools.product(*(d.split(",") for d in dims)))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "batch.pt"
         info = measure(make_batch, args, path)
@@ -183,7 +188,7 @@ def main() -> None:
     report(args, info, runs)
 
 
-def report(args: argparse.Namespace, info: dict, runs: dict[tuple[str, str, str], list[dict]]) -> None:
+def report(args: argparse.Namespace, info: dict, runs: dict[tuple[str, str, str, str], list[dict]]) -> None:
     lengths = sorted(info["lengths"])
     real = sum(lengths)
     padded_tokens = sum(
@@ -198,7 +203,7 @@ def report(args: argparse.Namespace, info: dict, runs: dict[tuple[str, str, str]
         f"{args.tokens}, head chunk {args.chunk}"
     )
     print(
-        f"{'layout':<8}{'head':<9}{'tuning':<8}{'tokens/s':>10}{'× first':>9}{'s/update':>10}"
+        f"{'layout':<8}{'head':<9}{'tuning':<8}{'prec':<6}{'tokens/s':>10}{'× first':>9}{'s/update':>10}"
         f"{'update peak MB':>16}{'process peak MB':>17}{'runs tokens/s':>24}"
     )
     rates = {v: [r["tokens"] / r["seconds"] for r in rs] for v, rs in runs.items()}
@@ -209,7 +214,7 @@ def report(args: argparse.Namespace, info: dict, runs: dict[tuple[str, str, str]
         peak = max(r["peak_mb"] for r in rs)
         update_peak = max(r["update_peak_mb"] for r in rs)
         print(
-            f"{v[0]:<8}{v[1]:<9}{v[2]:<8}{med:>10.0f}{med / base:>9.2f}{secs:>10.2f}{update_peak:>16.0f}{peak:>17.0f}"
+            f"{v[0]:<8}{v[1]:<9}{v[2]:<8}{v[3]:<6}{med:>10.0f}{med / base:>9.2f}{secs:>10.2f}{update_peak:>16.0f}{peak:>17.0f}"
             f"{' / '.join(f'{x:.0f}' for x in rates[v]):>24}"
         )
 

@@ -75,3 +75,19 @@ def test_bf16_run_logs_the_mismatch_and_syncs_the_sampler(tiny, tmp_path, lora) 
     for name, value in s.sampler.model.state_dict().items():
         assert torch.equal(value, reference[name].to(torch.bfloat16)), name
     assert {p.dtype for p in s.policy.trainable_parameters()} == {torch.float32}
+
+
+def test_evaluation_refreshes_the_bf16_sampler(tiny, tmp_path) -> None:
+    """An SFT stage trains without rollouts: its final evaluation must still see the trained weights."""
+    from arlkit.train.loop import run_eval
+
+    extra = ["rollout.dtype=bfloat16", "task.n_eval=2"]
+    s = setup(
+        load_config(None, tiny_run_overrides(tiny.sft_dir, tmp_path / "run", *extra)), Console(quiet=True)
+    )
+    with torch.no_grad():
+        for p in s.policy.model.parameters():
+            p.add_(0.01)
+    run_eval(s, 0, "after")
+    for name, value in s.policy.model.state_dict().items():
+        assert torch.equal(s.sampler.model.state_dict()[name], value.to(torch.bfloat16)), name

@@ -43,6 +43,8 @@ def rollout_params(cfg: Config, temperature: float) -> RolloutParams:
 
 
 def run_eval(s: Setup, step: int, name: str) -> dict[str, float]:
+    if s.sampler is not None:  # the bf16 rollout copy evaluates the weights as they are now (after SFT too)
+        s.sampler.refresh(s.policy.model)
     res = evaluate(
         s.generator,
         s.policy.tokenizer,
