@@ -92,8 +92,11 @@ def test_engine_routes_each_position_as_the_trainer_does(tiny, kind):
     token (observation and prompt positions use the reasoning adapter: our rule, METHODS.md §6)."""
     routed = _routed(tiny, kind)
     seen: list[tuple[torch.Tensor | None, torch.Tensor]] = []
-    hook = routed.register_forward_pre_hook(
-        lambda mod, args, kw: seen.append((kw.get("position_ids"), mod.arlkit_route_state.routes.clone())),
+    # DART's trainer forward runs the decoder body alone (models/head.py: the head is applied in chunks), so
+    # the hook sits on the body, which the engine's forwards pass through too; a 2-Agent model runs whole
+    hooked = routed.get_decoder() if kind == "dart" else routed
+    hook = hooked.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append((kw.get("position_ids"), routed.arlkit_route_state.routes.clone())),
         with_kwargs=True,
     )
     params = RolloutParams(max_turns=3, max_new_tokens=16, max_length=400, temperature=1.0)

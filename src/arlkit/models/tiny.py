@@ -30,6 +30,8 @@ from arlkit.tasks import REWARD_ONLY_FIELDS, ToyTask, ToyWikiTask
 from arlkit.train.sft import SFTParams, sft
 from arlkit.trajectory import Trajectory
 
+# SFTParams fields added since RECIPE_VERSION 3, with the value that builds what version 3 built
+SFT_FIELDS_SINCE_V3 = {"micro_batch_tokens": None, "precision": "fp32"}
 RECIPE_VERSION = 3  # bump when the recipe's code changes what it builds, so caches are rebuilt
 __all__ = [
     "TinyRecipe",
@@ -80,6 +82,10 @@ class TinyRecipe:
         fields = dataclasses.asdict(self)
         # reward settings change RL, not the base: they must not force a rebuild
         fields["task"] = {k: v for k, v in fields["task"].items() if k not in REWARD_ONLY_FIELDS}
+        # SFT options added after the key's first version are hashed only when set, so built bases keep their key
+        for name, default in SFT_FIELDS_SINCE_V3.items():
+            if fields["sft"].get(name) == default:
+                del fields["sft"][name]
         if self.task.name != "toywiki":  # toywiki keys predate task names: leaving it out keeps built bases
             fields["task_name"] = self.task.name
         blob = json.dumps({"v": RECIPE_VERSION, **fields}, sort_keys=True, default=str)

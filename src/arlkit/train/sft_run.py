@@ -41,9 +41,7 @@ def demonstrations(s: Setup) -> list[Trajectory]:
     for name in mix:
         if name not in strategies:
             field = "sft.strategy_mix" if sc.strategy_mix else "sft.strategy"
-            raise ArlkitError(
-                f"{field}: {name!r} is not one of the task's strategies: {', '.join(strategies)}"
-            )
+            raise ArlkitError(f"{field} {name!r} is not one of the task's: {', '.join(strategies)}")
     # a seed offset of its own: the RL loop draws its prompts from the same split with train.seed + 1000
     rows = s.task.rows(s.cfg.task.train_split, sc.n_demos, seed=s.cfg.train.seed + 2000)
     rng = random.Random(s.cfg.train.seed + 2000)
