@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train_step.py                  # the demo's tiny base, CPU
     .venv/bin/python benchmarks/train_step.py --threads 1
-    .venv/bin/python benchmarks/train_step.py --model /work/smollm2-hf --tuning lora,full \
+    .venv/bin/python benchmarks/train_step.py --model smollm2 --tuning lora,full \
         --heads full,chunked --layouts packed --updates 1 --warmup 0 --repeats 1   # a real model's memory
 
 The batch: for `--model tiny`, one GRPO step's rollouts of the demo (8 questions × 8 samples, the engine at
