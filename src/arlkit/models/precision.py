@@ -35,13 +35,15 @@ def _plain(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def _is_lora(mod: torch.nn.Module) -> bool:
+    """A peft LoRA layer: a base layer plus adapters whose delta peft computes."""
+    return hasattr(mod, "base_layer") and hasattr(mod, "get_delta_weight")
+
+
 def _lora_layers(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
+    """(name, layer) of each LoRA layer whose adapters are not merged into its base weight already."""
     for name, mod in _plain(model).named_modules():
-        if (
-            hasattr(mod, "base_layer")
-            and hasattr(mod, "get_delta_weight")
-            and getattr(mod, "merged", False) is False
-        ):
+        if _is_lora(mod) and getattr(mod, "merged", False) is False:
             yield name, mod
 
 
@@ -72,7 +74,7 @@ def _strip_lora(model: torch.nn.Module) -> torch.nn.Module:
     """`model` with each peft LoRA layer replaced by its base layer (a deep copy's; weights are set by
     refresh)."""
     for name, mod in list(model.named_modules()):
-        if hasattr(mod, "base_layer") and hasattr(mod, "get_delta_weight"):
+        if _is_lora(mod):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, mod.base_layer)

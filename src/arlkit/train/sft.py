@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from arlkit.models.forward import token_logprobs
-from arlkit.models.packing import packed_token_logprobs, plan_micro_batches
+from arlkit.models.packing import MicroBatching
 from arlkit.models.precision import autocast
 from arlkit.trajectory import Trajectory, collate
 
@@ -71,11 +70,13 @@ def sft(
         n_tokens = batch.loss_mask.sum().clamp(min=1.0)
         opt.zero_grad(set_to_none=True)
         loss = 0.0
-        for rows in _micro_batches(batch.attention_mask, params.micro_batch_tokens):
+        # the trainer's micro-batching: one padded forward of the whole batch, or packed token-budgeted ones
+        micro = MicroBatching(
+            len(batch.input_ids), params.micro_batch_tokens, params.micro_batch_tokens is not None
+        )
+        for rows in micro.split(torch.arange(len(batch.input_ids)), batch.attention_mask):
             with autocast(device, params.precision):
-                stats = _token_stats(params.micro_batch_tokens)(
-                    model, batch.input_ids[rows], batch.attention_mask[rows]
-                )
+                stats = micro.token_stats(model, batch.input_ids[rows], batch.attention_mask[rows])
             part = -(stats.logprobs * batch.loss_mask[rows]).sum() / n_tokens  # the batch mean's share
             part.backward()
             loss += float(part.detach())
@@ -86,20 +87,6 @@ def sft(
         if on_step is not None:
             on_step(step, losses[-1])
     return losses
-
-
-def _micro_batches(attention_mask: torch.Tensor, max_tokens: int | None) -> list[torch.Tensor]:
-    """Row indices of each micro-batch: packed up to `max_tokens` tokens, or all rows at once."""
-    if max_tokens is None:
-        return [torch.arange(attention_mask.shape[0])]
-    plans = plan_micro_batches(
-        attention_mask.sum(-1).tolist(), max_tokens, attention_mask.shape[0], packed=True
-    )
-    return [torch.tensor(p) for p in plans]
-
-
-def _token_stats(max_tokens: int | None) -> Callable:
-    return token_logprobs if max_tokens is None else packed_token_logprobs
 
 
 def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
