@@ -22,7 +22,6 @@ Tokens/s counts real (non-padding) tokens; the first `--warmup` updates of each 
 from __future__ import annotations
 
 import argparse
-import gc
 import itertools
 import random
 import statistics
@@ -39,6 +38,7 @@ from arlkit.models.loading import Policy
 from arlkit.models.precision import autocast
 from arlkit.rollout.continuous import ContinuousEngine
 from arlkit.rollout.engine import RolloutParams, rollout
+from arlkit.train.memory import peak_rss_mb, reset_peak_rss
 from arlkit.train.update import Optimisers, UpdateBatch, update
 from arlkit.trajectory import Role, Trajectory, collate
 
@@ -132,21 +132,6 @@ def run_variant(variant: tuple[str, str, str, str], args: argparse.Namespace, pa
         "update_peak_mb": peak_rss_mb(),
         "load_peak_mb": load_peak_mb,
     }
-
-
-def reset_peak_rss() -> float:
-    """Reset the process's peak resident set size (Linux: `5` into /proc/self/clear_refs) so that what
-    `peak_rss_mb` reads afterwards is the updates' own peak, not model loading's; returns the peak so far."""
-    gc.collect()
-    before = peak_rss_mb()
-    Path("/proc/self/clear_refs").write_text("5")
-    return before
-
-
-def peak_rss_mb() -> float:
-    """VmHWM of /proc/self/status: the peak resident set size since start or the last reset, in MB."""
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
 
 
 def main() -> None:

@@ -11,9 +11,7 @@ SFT (after it; also the RL stage's starting point) and RL.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from arlkit.config import Config, _deep_merge
+from arlkit.train.memory import peak_rss_mb, reset_peak_rss
 
 
 def stage_config(cfg: Config, patch: dict[str, Any]) -> Config:
@@ -41,7 +40,7 @@ def run_recipe(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     if not cfg.sft.lora:
         sft_patch["model"] = {"lora": None}
     sft_summary = run_sft(stage_config(cfg, sft_patch), console)
-    sft_peak = _peak_rss_gb(reset=True)
+    sft_peak = reset_peak_rss() / 1024
     t1 = time.perf_counter()
     rl_cfg = stage_config(
         cfg,
@@ -69,7 +68,7 @@ def run_recipe(cfg: Config, console: Console | None = None) -> dict[str, Any]:
         "rl": {
             "steps": rl_summary["steps"],
             "seconds": t2 - t1,
-            "peak_rss_gb": _peak_rss_gb(),
+            "peak_rss_gb": peak_rss_mb() / 1024,
             **_step_figures(steps),
         },
         "seconds": t2 - t0,
@@ -95,18 +94,3 @@ def _step_figures(rows: list[dict]) -> dict[str, float]:
         "update_tokens_per_s": med("perf/update_tokens_per_s"),
         "logprob_diff": med("rollout/logprob_diff"),
     }
-
-
-def _peak_rss_gb(reset: bool = False) -> float:
-    """This process's peak resident memory in GB since the last reset; `reset` starts a new peak after
-    reading (Linux: /proc/self/clear_refs; elsewhere the process's peak, ru_maxrss, is all there is)."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        kib = next(
-            int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM")
-        )
-        if reset:
-            Path("/proc/self/clear_refs").write_text("5")
-        return kib / 2**20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**30 if sys.platform == "darwin" else 2**20)
