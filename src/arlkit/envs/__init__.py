@@ -10,7 +10,8 @@ from arlkit.envs.parsing import (
     extract_answer,
     get_format,
 )
-from arlkit.envs.qa import QAScorer, agent_r1_reward, exact_match, make_qa_env, normalize_answer, token_f1
+from arlkit.envs.qa import QAScorer, exact_match, make_qa_env, normalize_answer, token_f1
+from arlkit.envs.rewards import agent_r1_reward, default_reward
 from arlkit.envs.tool_env import (
     EnvState,
     EpisodeResult,
@@ -19,7 +20,6 @@ from arlkit.envs.tool_env import (
     StepResult,
     ToolCallRecord,
     ToolEnv,
-    default_reward,
 )
 
 __all__ = [

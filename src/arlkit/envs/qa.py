@@ -1,4 +1,4 @@
-"""Multi-hop QA: SQuAD answer normalisation, EM/F1, the Agent-R1 reward and a QA ToolEnv factory."""
+"""Multi-hop QA: SQuAD answer normalisation, EM/F1, process rewards and a QA ToolEnv factory."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from arlkit.envs.tool_env import ToolEnv, env_with_instructions
 from arlkit.errors import ArlkitError
 
 if TYPE_CHECKING:
-    from arlkit.envs.tool_env import ToolEnv
     from arlkit.tools.base import Tool
 
 __all__ = [
     "QA_SYSTEM_PROMPT",
     "QAScorer",
-    "agent_r1_reward",
     "exact_match",
     "gold_retrieval_reward",
     "make_qa_env",
@@ -69,16 +68,6 @@ def token_f1(pred: str | None, golds: str | Sequence[str]) -> float:
         return 0.0
     p = normalize_answer(pred).split()
     return max((_f1(p, normalize_answer(g).split()) for g in _gold_list(golds)), default=0.0)
-
-
-def agent_r1_reward(em: float, answer_ok: bool, tool_syntax_ok: bool) -> float:
-    """Agent-R1 (arXiv 2511.14460) final reward: EM when the format is valid, else r_format - 1.
-
-    r_format = (answer_ok + tool_syntax_ok) / 2, so an invalid episode scores in [-1, -0.5].
-    """
-    if answer_ok and tool_syntax_ok:
-        return float(em)
-    return (float(answer_ok) + float(tool_syntax_ok)) / 2 - 1.0
 
 
 class QAScorer:
@@ -133,8 +122,5 @@ def make_qa_env(tools: Sequence[Tool], fmt: Any = "hermes", max_turns: int = 4, 
     Without a ``system_prompt`` keyword the system message is :data:`QA_SYSTEM_PROMPT` followed by
     the format's instructions; ``system_prompt=None`` means no system message.
     """
-    # Imported here because tool_env imports this module for the default reward.
-    from arlkit.envs.tool_env import env_with_instructions
-
     scorer = kw.pop("scorer", None) or QAScorer()
     return env_with_instructions(tools, scorer, QA_SYSTEM_PROMPT, fmt=fmt, max_turns=max_turns, **kw)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from arlkit.envs.parsing import ActionFormat, ParsedAction, ToolCall, get_format
-from arlkit.envs.qa import agent_r1_reward
+from arlkit.envs.rewards import default_reward
 from arlkit.errors import ArlkitError
 from arlkit.tools.base import (
     RowTool,
@@ -37,7 +37,6 @@ __all__ = [
     "StepResult",
     "ToolCallRecord",
     "ToolEnv",
-    "default_reward",
     "env_with_instructions",
 ]
 
@@ -96,11 +95,6 @@ RewardFn = Callable[[dict[str, float]], float]
 # Agent-R1 process reward r_process(s, a, s'): called per tool call with (row, call record, observation
 # text); the step's reward is the sum over its calls plus the tools' own ToolResult.reward.
 ProcessReward = Callable[[dict, "ToolCallRecord", str], float]
-
-
-def default_reward(metrics: dict[str, float]) -> float:
-    """Agent-R1 reward from the episode metrics (``em``, ``answer_ok``, ``tool_syntax_ok``)."""
-    return agent_r1_reward(metrics["em"], metrics["answer_ok"] > 0, metrics["tool_syntax_ok"] > 0)
 
 
 @dataclass
