@@ -14,10 +14,11 @@ from arlkit.algos.advantages import ADVANTAGES, AdvantageInputs, AdvantageParams
 from arlkit.algos.kl import KL_ESTIMATORS
 from arlkit.algos.shaping import overlong_penalty, varied_groups
 from arlkit.config import Config
-from arlkit.eval.evaluate import episode_metrics, evaluate
+from arlkit.eval.evaluate import evaluate
 from arlkit.eval.plots import plot_curves
 from arlkit.models.precision import autocast
 from arlkit.rollout.engine import Episode, RolloutParams, rollout, rollout_episodes
+from arlkit.rollout.metrics import episode_metrics
 from arlkit.train.branching_step import Tree, branch_advantages, branch_shapers, grow_tree
 from arlkit.train.checkpoint import resume_or_start, save_checkpoint, save_state
 from arlkit.train.distributed import (
