@@ -7,6 +7,7 @@ then validated: an unknown key or a bad value fails at load time with the field'
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `algo.lr=inf` would pass `gt=0` and wreck the weights at the first step
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LoraConfig(_Section):
@@ -106,6 +108,7 @@ class ToyWikiTaskConfig(_TaskSection):
     # RL questions: "rl" = train people the tiny base's SFT never saw (so memory does not answer them);
     # "train" = all train people. Held-out people are never in either.
     train_split: Literal["train", "rl", "sft"] = "rl"
+    show_tool_schemas: bool = False  # the tool schemas in the prompt, as a real model needs
 
 
 class ToySQLTaskConfig(_TaskSection):
@@ -484,9 +487,7 @@ class Config(_Section):
 
 def apply_override(data: dict[str, Any], item: str) -> None:
     """Apply one `a.b.c=value` override in place; the value is parsed as YAML (numbers, bools, lists)."""
-    if "=" not in item:
-        raise ArlkitError(f"override {item!r} must look like section.field=value")
-    key, raw = item.split("=", 1)
+    key, raw = _split_override(item)
     parts = key.strip().split(".")
     node = data
     for p in parts[:-1]:
@@ -505,7 +506,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ArlkitError(f"config file {str(path)!r} includes itself (via {' -> '.join(map(str, seen))})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        with path.open() as f:
+            data = yaml.load(f, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         raise ArlkitError(f"config file {str(path)!r} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -539,6 +541,41 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         return Config.model_validate(data)
     except ValidationError as e:
         raise ArlkitError(_describe(e)) from None
+def _split_override(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ArlkitError(f"override {item!r} must look like section.field=value")
+    key, raw = item.split("=", 1)
+    return key.strip(), raw
+
+
+def check_repeated_overrides(overrides: list[str] | tuple[str, ...]) -> None:
+    """Refuse an override given twice: which one the user meant to win is a guess (the shell history of a
+    long command line often holds an old value and a new one)."""
+    seen: dict[str, str] = {}
+    for item in overrides:
+        key, _ = _split_override(item)
+        if key in seen:
+            raise ArlkitError(f"override {key!r} is given twice ({seen[key]!r} and {item!r}); give it once")
+        seen[key] = item
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; a config that sets a field twice is a mistake, so say so."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, Hashable) and key in seen:
+                raise ArlkitError(
+                    f"config file {key_node.start_mark.name!r} sets key {key!r} twice (lines {seen[key]} "
+                    f"and {line}); keep one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 
 
 def _describe(e: ValidationError) -> str:
@@ -556,3 +593,8 @@ def _describe(e: ValidationError) -> str:
             msg = str(err["msg"]).removeprefix("Value error, ")
             lines.append(f"config field {field!r}: {msg} (got {err.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(lines)
+    check_repeated_overrides(overrides)
+        elif err["type"] == "union_tag_invalid":  # task.name: the discriminator's own wording is internal
+            lines.append(
+                f"config field '{field}.name': unknown task {err['ctx']['tag']!r}; valid: {', '.join(TASK_NAMES)}"
+            )

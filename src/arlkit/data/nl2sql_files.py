@@ -26,8 +26,39 @@ def _flat(keys: list) -> list[int]:
     return out
 
 
+def check_schema(db: dict, where: str) -> None:
+    """Refuse a tables.json entry whose lists disagree (a hand-edited or truncated file), naming the field.
+
+    Raises:
+        ArlkitError: column_types of another length than column_names_original, or a column's table index, a
+            primary key or a foreign key that points past its list.
+    """
+    n_tables, n_cols = len(db["table_names_original"]), len(db["column_names_original"])
+    types = db.get("column_types")
+    if types and len(types) != n_cols:
+        raise ArlkitError(
+            f"{where}: column_types has {len(types)} entries for {n_cols} column_names_original; give one "
+            "type per column"
+        )
+    for i, (t, name) in enumerate(db["column_names_original"]):
+        if not -1 <= t < n_tables:
+            raise ArlkitError(
+                f"{where}: column_names_original[{i}] ({name!r}) names table {t}; there are {n_tables} tables"
+            )
+    for field, keys in (
+        ("primary_keys", _flat(db.get("primary_keys") or [])),
+        ("foreign_keys", _flat(db.get("foreign_keys") or [])),
+    ):
+        bad = [k for k in keys if not 0 <= k < n_cols]
+        if bad:
+            raise ArlkitError(
+                f"{where}: {field} refers to column(s) {bad}; column_names_original has {n_cols} (0..{n_cols - 1})"
+            )
+
+
 def schema_text(db: dict) -> str:
-    """One `CREATE TABLE` line per table with column types and primary keys, then the foreign keys."""
+    """One `CREATE TABLE` line per table with column types and primary keys, then the foreign keys (of an
+    entry `check_schema` accepts)."""
     tables = db["table_names_original"]
     columns = db["column_names_original"]
     types = db.get("column_types") or ["text"] * len(columns)
@@ -47,13 +78,14 @@ def load_tables(path: str | Path) -> dict[str, str]:
     """db_id -> schema text, from a tables.json.
 
     Raises:
-        ArlkitError: missing file or a database entry without the Spider fields.
+        ArlkitError: missing file or a database entry without the Spider fields, or whose lists disagree.
     """
     out = {}
     for i, db in enumerate(read_records(path)):
         missing = [k for k in ("db_id", "table_names_original", "column_names_original") if k not in db]
         if missing:
             raise ArlkitError(f"{path} entry {i}: missing field(s) {missing}")
+        check_schema(db, f"{path} entry {i} (db_id {db['db_id']!r})")
         out[db["db_id"]] = schema_text(db)
     return out
 

@@ -26,7 +26,8 @@ def read_records(path: str | Path) -> list[dict]:
     """The records of a JSON list, JSONL or Parquet file.
 
     Raises:
-        ArlkitError: missing file, invalid JSON (with the line), Parquet without pyarrow, non-object records.
+        ArlkitError: missing file, a file with no records, text that is not UTF-8 (with the line), invalid
+            JSON (with the line), Parquet without pyarrow, non-object records.
     """
     p = Path(path)
     if not p.is_file():
@@ -39,16 +40,32 @@ def read_records(path: str | Path) -> list[dict]:
         records = pq.read_table(p).to_pylist()
     elif p.suffix == ".jsonl":
         records = []
-        for n, line in enumerate(p.read_text().splitlines(), 1):
+        for n, line in enumerate(_text(p).splitlines(), 1):
             if line.strip():
                 records.append(_json(line, f"{p}:{n}"))
     else:
-        records = _json(p.read_text(), str(p))
+        text = _text(p)
+        records = _json(text, str(p)) if text.strip() else []
         records = records if isinstance(records, list) else [records]
+    if not records:  # else a split of no rows fails much later, as a division by zero
+        raise ArlkitError(f"data file {str(p)!r} holds no records")
     bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
     if bad is not None:
         raise ArlkitError(f"{p}: record {bad} is not a JSON object")
     return records
+
+
+def _text(path: Path) -> str:
+    """The file as UTF-8 text (JSON's own encoding); other encodings fail naming the first bad byte's line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ArlkitError(
+            f"data file {str(path)!r} is not UTF-8: byte {data[e.start]:#04x} on line {line} (e.g. Latin-1 "
+            f"text); convert it, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8_{path.name}`"
+        ) from None
 
 
 def _json(text: str, where: str) -> Any:
@@ -100,6 +117,8 @@ def _musique_row(r: dict, where: str) -> dict | None:
     _need(r, ("id", "question", "answer", "paragraphs"), where)
     if r.get("answerable") is False:
         return None
+    for j, p in enumerate(r["paragraphs"]):
+        _need(p, ("title", "paragraph_text"), f"{where} paragraphs[{j}]")
     return {
         "id": r["id"],
         "question": r["question"],
@@ -121,6 +140,9 @@ def _generic_row(r: dict, where: str, index: int) -> dict:
         row.setdefault("answer", row["answers"][0] if row["answers"] else "")
     row["id"] = str(r.get("id", index))
     paragraphs = r.get("paragraphs") or []
+    for j, p in enumerate(paragraphs):
+        if isinstance(p, dict):
+            _need(p, ("title", "text"), f"{where} paragraphs[{j}]")
     row["paragraphs"] = [[p["title"], p["text"]] if isinstance(p, dict) else list(p) for p in paragraphs]
     row["support_titles"] = list(r.get("support_titles") or [])
     row["kind"] = r.get("type") or r.get("kind")
@@ -143,7 +165,10 @@ def load_qa_file(path: str | Path, fmt: str = "auto") -> list[dict]:
         "musique": lambda r, w, i: _musique_row(r, w),
     }.get(fmt, _generic_row)
     rows = [build(r, f"{path} record {i} ({fmt})", i) for i, r in enumerate(records)]
-    return [r for r in rows if r is not None]
+    kept = [r for r in rows if r is not None]
+    if not kept:
+        raise ArlkitError(f"data file {str(path)!r}: all {len(rows)} records are unanswerable (MuSiQue)")
+    return kept
 
 
 def load_corpus(path: str | Path) -> list[tuple[str, str]]:

@@ -1,0 +1,130 @@
+"""Operator faults (issue 20): what an operator gets wrong or what the machine does to a run, each answered with
+one clear message that names the thing, and nothing lost: bad numbers and repeated keys in a config, broken
+data files, a corrupt or unwritable checkpoint, a run folder that already holds a run, diverged weights."""
+
+from __future__ import annotations
+
+import pytest
+
+from arlkit.config import load_config
+from arlkit.errors import ArlkitError
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["algo.lr=inf"], "config field 'algo.lr': Input should be a finite number (got 'inf')"),
+        (["critic.vf_coef=.nan"], "config field 'critic.vf_coef': Input should be a finite number"),
+        (
+            ["sft.strategy_mix={a: .inf}"],
+            "config field 'sft.strategy_mix.a': Input should be a finite number",
+        ),
+        (
+            ["algo.lr=1e-3", "train.steps=2", "algo.lr=2e-3"],
+            "override 'algo.lr' is given twice ('algo.lr=1e-3' and 'algo.lr=2e-3'); give it once",
+        ),
+        (
+            ["task.name=foo"],
+            "config field 'task.name': unknown task 'foo'; valid: toywiki, toysql, math_python, qa_files, "
+            "nl2sql_files",
+        ),
+    ],
+    ids=["inf_lr", "nan_coef", "inf_in_dict", "repeated_override", "unknown_task"],
+)
+def test_bad_config_values_name_the_field(overrides, message) -> None:
+    with pytest.raises(ArlkitError) as e:
+        load_config(None, overrides)
+    assert message in str(e.value)
+    assert "pydantic" not in str(e.value) and "_task_name" not in str(e.value)
+
+
+def test_duplicate_yaml_keys_name_the_key_and_lines(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("algo:\n  lr: 1e-3\n  epochs: 2\n  lr: 2e-3\n")
+    with pytest.raises(ArlkitError, match=r"sets key 'lr' twice \(lines 2 and 4\); keep one"):
+        load_config(path)
+    path.write_text("algo:\n  lr: 1e-3\ntrain:\n  steps: 2\nalgo:\n  epochs: 2\n")  # a whole section twice
+    with pytest.raises(ArlkitError, match=r"c\.yaml' sets key 'algo' twice \(lines 1 and 5\)"):
+        load_config(path)
+
+
+def test_toywiki_takes_show_tool_schemas() -> None:
+    from arlkit.tasks import build_task
+
+    cfg = load_config(None, ["task.show_tool_schemas=true"])
+    assert build_task(cfg.task).show_tool_schemas is True
+
+
+def _spider_db(**change) -> dict:
+    db = {
+        "db_id": "shop",
+        "table_names_original": ["customer", "orders"],
+        "column_names_original": [[-1, "*"], [0, "id"], [0, "name"], [1, "id"], [1, "customer_id"]],
+        "column_types": ["text", "number", "text", "number", "number"],
+        "primary_keys": [1, 3],
+        "foreign_keys": [[4, 1]],
+    }
+    return db | change
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda p: p.write_text(""), "data file '{p}' holds no records"),
+        (lambda p: p.write_text("\n\n"), "data file '{p}' holds no records"),
+        (
+            lambda p: p.write_bytes(
+                b'{"question": "q", "answer": "a"}\n{"question": "caf\xe9?", "answer": "b"}\n'
+            ),
+            "data file '{p}' is not UTF-8: byte 0xe9 on line 2 (e.g. Latin-1 text); convert it",
+        ),
+        (
+            lambda p: p.write_text(
+                '{"id": "m1", "question": "q", "answer": "a", "question_decomposition": [],'
+                ' "paragraphs": [{"title": "A", "paragraph_text": "x"}, {"title": "B", "text": "y"}]}\n'
+            ),
+            "{p} record 0 (musique) paragraphs[1]: missing field(s) ['paragraph_text'] (has: ['text', 'title'])",
+        ),
+    ],
+    ids=["empty", "blank_lines", "latin1", "musique_paragraph_text"],
+)
+def test_broken_qa_files_name_the_file_row_and_field(tmp_path, write, message) -> None:
+    from arlkit.data.qa_files import load_qa_file
+
+    path = tmp_path / "data.jsonl"
+    write(path)
+    with pytest.raises(ArlkitError) as e:
+        load_qa_file(path)
+    assert message.format(p=path) in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"column_types": ["text", "number", "text"]},
+            "column_types has 3 entries for 5 column_names_original",
+        ),
+        (
+            {"foreign_keys": [[4, 9]]},
+            "foreign_keys refers to column(s) [9]; column_names_original has 5 (0..4)",
+        ),
+        (
+            {"column_names_original": [[-1, "*"], [0, "id"], [0, "name"], [1, "id"], [2, "customer_id"]]},
+            "column_names_original[4] ('customer_id') names table 2; there are 2 tables",
+        ),
+    ],
+    ids=["short_column_types", "foreign_key_out_of_range", "table_out_of_range"],
+)
+def test_broken_spider_tables_name_the_entry_and_field(tmp_path, change, message) -> None:
+    import json
+
+    from arlkit.data.nl2sql_files import load_tables
+
+    path = tmp_path / "tables.json"
+    path.write_text(json.dumps([_spider_db(), _spider_db(**change)]))
+    with pytest.raises(ArlkitError) as e:
+        load_tables(path)
+    assert f"{path} entry 1 (db_id 'shop'): {message}" in str(e.value)
+    path.write_text(json.dumps([_spider_db()]))
+    assert "-- orders.customer_id references customer.id" in load_tables(path)["shop"]
