@@ -284,6 +284,16 @@ class AlgoConfig(_Section):
 class CriticConfig(_Section):
     """The value function for `algo.advantage: gae` (PPO)."""
 
+    # train–inference mismatch correction (METHODS.md §9, algos/correction.py) for a sampler that is not the
+    # trainer (vLLM, rollout.dtype bfloat16): the policy loss of token t is weighted by a function of
+    # ρ_t = π_old/μ (the trainer's recompute over the sampler's logprob). tis: min(ρ_t, cap); mis: ρ_seq, or 0
+    # for a sequence whose ρ_seq leaves [lower, upper]; icepop: ρ_t, or 0 for a token outside [lower, upper]
+    rollout_correction: Literal["none", "tis", "mis", "icepop"] = "none"
+    rollout_corr_cap: float = Field(2.0, gt=0)  # TIS truncation C (verl's rollout_is_threshold)
+    rollout_corr_lower: float = Field(0.5, ge=0)  # MIS/IcePop band (verl seq_is_rs "0.5_2.0"; IcePop α)
+    rollout_corr_upper: float = Field(2.0, gt=0)  # IcePop β
+    # MIS: ρ_seq = Π_t ρ_t (verl Seq-MIS, TRL sequence_mask) or the geometric mean (verl Geo-RS)
+    rollout_corr_seq_ratio: Literal["product", "geometric"] = "product"
     kind: Literal["none", "separate", "value_head"] = "none"  # separate model, or a head on the policy
     path: str | None = None  # separate critic's initial weights; None: the policy's model.path
     lr: float = Field(1e-4, gt=0)  # separate critic's learning rate (a value head uses algo.lr)
@@ -303,6 +313,15 @@ class TaoConfig(_Section):
     # all_failed_trajectory: the released code (loss × (1 − strength) for a trajectory with no valid call)
     tool_filter: Literal["none", "group_uniform", "all_failed_trajectory"] = "group_uniform"
     tool_filter_strength: float = Field(1.0, ge=0, le=1)
+    @model_validator(mode="after")
+    def _correction_band(self) -> AlgoConfig:
+        if self.rollout_corr_lower >= self.rollout_corr_upper:
+            raise ValueError(
+                f"algo.rollout_corr_lower ({self.rollout_corr_lower}) must be below algo.rollout_corr_upper "
+                f"({self.rollout_corr_upper})"
+            )
+        return self
+
     entropy_shaping: bool = True  # Ã = A·(1 + α·z(H)) per micro-batch
     alpha: float = Field(0.01, ge=0)
     tool_aware_only: bool = True  # shape post-tool tokens only (the paper); False: every generated token

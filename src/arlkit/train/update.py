@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from arlkit.algos.correction import CORRECTIONS, Correction, CorrectionParams
 from arlkit.algos.kl import KL_ESTIMATORS
 from arlkit.algos.losses import AGGREGATIONS, POLICY_LOSSES, explained_variance, masked_mean, value_loss
 from arlkit.config import AlgoConfig, CriticConfig
@@ -319,6 +320,11 @@ def _actor_loss(
         shaper_stats.update(shaped.stats)
     keep = torch.ones_like(mask) if select is None else select
     adv = adv * keep
+    corr_stats: dict[str, float] = {}
+    if algo.rollout_correction != "none":  # w ≥ 0 on the advantage scales each token's policy loss by w
+        corr = _rollout_correction(old, mb, algo)
+        adv = adv * corr.weights
+        corr_stats = {f"rollout_corr/{k}": float(v) for k, v in corr.stats.items()}
     res = POLICY_LOSSES.get(algo.policy_loss)(
         logprobs,
         old,
@@ -332,7 +338,7 @@ def _actor_loss(
     )
     agg = AGGREGATIONS.get(algo.aggregation)
     loss = res.loss
-    stats = {k: float(v) for k, v in res.stats.items()} | shaper_stats
+    stats = {k: float(v) for k, v in res.stats.items()} | shaper_stats | corr_stats
     if data.ref_logprobs is not None:
         kl_tokens = KL_ESTIMATORS.get(algo.kl_estimator)(logprobs, cut(data.ref_logprobs)) * keep
         kl = agg(kl_tokens, mask, norm_constant=norm_constant)
@@ -345,6 +351,18 @@ def _actor_loss(
     stats["entropy"] = float(entropy.detach())
     stats["logprob_diff"] = float(masked_mean((logprobs.detach() - mb.rollout_logprobs).abs(), mask))
     return loss, stats
+
+
+def _rollout_correction(old: torch.Tensor, mb: Batch, algo: AlgoConfig) -> Correction:
+    """TIS/MIS/IcePop weights from π_old (the trainer's recompute, or the current policy on-policy) against the
+    sampler's recorded logprobs, over the generated tokens (the batch's loss mask, before any shaper)."""
+    params = CorrectionParams(
+        cap=algo.rollout_corr_cap,
+        lower=algo.rollout_corr_lower,
+        upper=algo.rollout_corr_upper,
+        seq_ratio=algo.rollout_corr_seq_ratio,
+    )
+    return CORRECTIONS.get(algo.rollout_correction)(old, mb.rollout_logprobs, mb.loss_mask, params)
 
 
 def _value_loss(
