@@ -195,6 +195,29 @@ TaskConfig = Annotated[
 TASK_NAMES = ("toywiki", "toysql", "math_python", "qa_files", "nl2sql_files")
 
 
+class VLLMConfig(_Section):
+    """rollout.backend vllm (rollout/vllm_backend.py): a vLLM OpenAI server, started by arlkit or the user's own."""
+
+    url: str | None = None  # a server the user runs (docs/vllm.md gives its flags); None: arlkit starts one
+    # the interpreter that has vllm; None: $ARLKIT_VLLM_PYTHON, else .venv-vllm/bin/python next to the working
+    # folder (`make install-vllm`), else this interpreter
+    python: str | None = None
+    sync_dir: str | None = None  # where weights are written for the server to load; None: /dev/shm (else tmp)
+    kv_cache_gb: float = Field(2.0, gt=0)  # CPU: the KV cache (VLLM_CPU_KVCACHE_SPACE)
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # GPU: share of the device vLLM may take
+    block_size: int = Field(32, gt=0)  # KV block; prefix caching reuses whole blocks (CPU: a multiple of 32)
+    enforce_eager: bool = False  # skip torch.compile / CUDA graphs (faster start, slower decode)
+    start_timeout: float = Field(600.0, gt=0)  # seconds for the server to answer /health
+    request_timeout: float = Field(600.0, gt=0)  # seconds for one generation request
+    retries: int = Field(
+        1, ge=0
+    )  # restarts of a dead server (arlkit's own) and re-sends of a step's requests
+    check_every: int = Field(1, ge=0)  # parity probe after every N weight syncs; 0: never
+    check_tolerance: float | None = Field(None, gt=0)  # mean |Δ logprob| allowed; None: 1e-3 fp32, 5e-2 bf16
+    entropy_top_k: int = Field(20, ge=0, le=20)  # entropy over vLLM's top-k logprobs; 0: none recorded
+    extra_args: list[str] = []  # appended to the server's command line
+
+
 class RolloutConfig(_Section):
     n: int = Field(8, gt=0)  # rollouts per prompt (the GRPO group)
     prompts_per_step: int = Field(16, gt=0)
@@ -204,9 +227,9 @@ class RolloutConfig(_Section):
     max_length: int = Field(1024, gt=16)  # whole episode, prompt included
     eval_temperature: float = Field(0.0, ge=0)  # same for base and trained policy; 0 = greedy
     max_batch: int = Field(256, gt=0)  # rows per generation forward (the engine's resident episodes)
-    backend: Literal["engine", "hf"] = (
-        "engine"  # engine: KV caches kept across turns; hf: re-prefill each turn
-    )
+    # engine: arlkit's KV-cache engine; hf: re-prefill each turn; vllm: a vLLM server (rollout.vllm)
+    backend: Literal["engine", "hf", "vllm"] = "engine"
+    vllm: VLLMConfig = VLLMConfig()
     prefill_tokens: int = Field(8192, gt=0)  # engine: padded tokens per prefill forward (activation memory)
     cuda_graphs: bool = False  # engine on a GPU: decode with a static cache captured in a CUDA graph
     # "policy": generate with the trained weights; "bfloat16": with a bf16 copy refreshed after every update

@@ -58,16 +58,26 @@ class SamplerCopy:
 
     @torch.no_grad()
     def refresh(self, policy_model: torch.nn.Module) -> None:
-        deltas = {f"{name}.base_layer.weight": mod for name, mod in _lora_layers(policy_model)}
         target = self.model.state_dict()
-        for key, value in _plain(policy_model).state_dict().items():
-            if "lora_" in key:
-                continue
-            mod = deltas.get(key)
-            if mod is not None:
-                adapter = mod.active_adapters[0]
-                value = value + mod.get_delta_weight(adapter)
-            target[key.replace(".base_layer", "")].copy_(value)
+        for key, value in merged_state_dict(policy_model).items():
+            target[key].copy_(value)
+
+
+@torch.no_grad()
+def merged_state_dict(policy_model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The policy's weights under the plain model's names, each LoRA layer's deltas added to its base weight
+    (W + B A · scale, peft's own `get_delta_weight`); the policy is not modified (merging in place and back
+    would add float rounding to the trained weights at every call)."""
+    deltas = {f"{name}.base_layer.weight": mod for name, mod in _lora_layers(policy_model)}
+    out = {}
+    for key, value in _plain(policy_model).state_dict().items():
+        if "lora_" in key:
+            continue
+        mod = deltas.get(key)
+        if mod is not None:
+            value = value + mod.get_delta_weight(mod.active_adapters[0])
+        out[key.replace(".base_layer", "")] = value
+    return out
 
 
 def _strip_lora(model: torch.nn.Module) -> torch.nn.Module:

@@ -219,12 +219,13 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
             train_actor,
             s.sync,
         )
-    if s.sampler is not None:  # the bf16 rollout copy generates with the weights just trained
+    if s.sampler is not None:  # the rollout copy (bf16, or the vLLM server) gets the weights just trained
         s.sampler.refresh(s.policy.model)
     t3 = time.perf_counter()
     metrics = behaviour | step_metrics(trajs, data, stats.actor, stats.critic)
     metrics.update(
         {
+    metrics |= s.sampler.metrics() if hasattr(s.sampler, "metrics") else {}
             "rollout/sampling_rounds": got.rounds,
             "rollout/groups_dropped": got.groups_dropped,
             "actor/lr": s.opts.actor_schedule.get_last_lr()[0],
@@ -343,3 +344,5 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False) -> 
     s.run.write_json("summary.json", summary)
     shutdown(s.dist)
     return summary
+    if hasattr(s.sampler, "close"):  # the vLLM server arlkit started
+        s.sampler.close()

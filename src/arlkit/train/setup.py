@@ -24,7 +24,8 @@ from arlkit.models.loading import DTYPES, Policy, load_policy, resolve_model_sou
 from arlkit.models.precision import SamplerCopy
 from arlkit.models.value import ValueHead, load_critic
 from arlkit.rollout.backends import make_runner
-from arlkit.rollout.engine import EpisodeRunner
+from arlkit.rollout.engine import EpisodeRunner, TurnSyncRunner
+from arlkit.rollout.vllm_backend import VLLMSampler, build_vllm
 from arlkit.tasks import Task, ToyTask
 from arlkit.tasks import build_task as task_from_config
 from arlkit.tasks.remote import with_ray_tools
@@ -61,9 +62,8 @@ class Setup:
     cursor: int = 0  # this rank's own count of prompts taken (train/distributed.py maps it to the stream)
     dist: Dist = field(default_factory=Dist)
     sync: GradSync | None = None  # the gradient sum across ranks; None in one process
-    sampler: SamplerCopy | None = (
-        None  # rollout.dtype bfloat16: the copy `generator` runs, refreshed per update
-    )
+    # what `generator` runs on, refreshed after every update: rollout.dtype bfloat16's copy, or the vLLM server
+    sampler: SamplerCopy | VLLMSampler | None = None
 
 
 def build_task(cfg: Config) -> Task:
@@ -233,13 +233,14 @@ def setup(cfg: Config, console: Console, for_training: bool = True) -> Setup:
     # enough distinct prompts for every step even when dynamic sampling draws extra rounds
     rounds = cfg.algo.max_sampling_rounds if cfg.algo.dynamic_sampling else 1
     n_train = max(cfg.train.steps, 1) * cfg.rollout.prompts_per_step * rounds
-    sampler = build_sampler(cfg, policy)
-    return Setup(
-        cfg=cfg,
-        policy=policy,
-        task=task,
-        sampler=sampler,
-        generator=make_runner(
+    if cfg.rollout.backend == "vllm":
+        if dist.enabled:
+            raise ArlkitError("rollout.backend vllm runs with one trainer process; launch without torchrun")
+        sampler = build_vllm(cfg, policy, run.path, rollout_seed(cfg.train.seed, dist))
+        generator: EpisodeRunner = TurnSyncRunner(sampler.generator)
+    else:
+        sampler = build_sampler(cfg, policy)
+        generator = make_runner(
             cfg.rollout.backend,
             policy.model if sampler is None else sampler.model,
             policy.tokenizer.pad_token_id,
@@ -248,7 +249,13 @@ def setup(cfg: Config, console: Console, for_training: bool = True) -> Setup:
             prefill_tokens=cfg.rollout.prefill_tokens,
             cuda_graphs=cfg.rollout.cuda_graphs,
             routing=policy.routing,
-        ),
+        )
+    return Setup(
+        cfg=cfg,
+        policy=policy,
+        task=task,
+        sampler=sampler,
+        generator=generator,
         opts=build_optimisers(cfg, policy) if for_training else None,
         run=run,
         train_rows=task.rows(cfg.task.train_split, n_train, seed=cfg.train.seed + 1000),
