@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from arlkit.config import Config, load_config
+from arlkit.config import Config, check_repeated_overrides, load_config
 from arlkit.errors import ArlkitError
 
 
@@ -34,6 +34,12 @@ SUMMARY_ROWS = (
     ("turns", "turns / episode"),
     ("format_error_rate", "format-error rate"),
 )
+
+
+def _load(config: Path | None, overrides: list[str] | None) -> Config:
+    """The config of a command line: a YAML file (or the defaults) and overrides, none of them given twice."""
+    check_repeated_overrides(overrides or [])
+    return load_config(config, overrides or [])
 
 
 def _fail(e: ArlkitError) -> None:
@@ -75,7 +81,7 @@ def _run(cfg: Config, resume: bool = False) -> dict:
 def demo(overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None) -> None:
     """Build the tiny base if needed, evaluate it, train it with GRPO, evaluate again, print before/after."""
     try:
-        _run(load_config(DEMO_CONFIG, overrides or []))
+        _run(_load(DEMO_CONFIG, overrides))
     except ArlkitError as e:
         _fail(e)
 
@@ -90,7 +96,7 @@ def train(
 ) -> None:
     """Train with a YAML config plus dotted overrides, e.g. `algo.lr=1e-5 train.steps=50`."""
     try:
-        _run(load_config(config, overrides or []), resume)
+        _run(_load(config, overrides), resume)
     except ArlkitError as e:
         _fail(e)
 
@@ -105,7 +111,7 @@ def sft_cmd(
 
     _quiet_transformers()
     try:
-        summary = run_sft(load_config(config, overrides or []), console)
+        summary = run_sft(_load(config, overrides), console)
     except ArlkitError as e:
         _fail(e)
     console.print(summary_table(summary, stage="SFT"))
@@ -124,7 +130,7 @@ def recipe(
 
     _quiet_transformers()
     try:
-        summary = run_recipe(load_config(config, overrides or []), console)
+        summary = run_recipe(_load(config, overrides), console)
     except ArlkitError as e:
         _fail(e)
     console.print(recipe_table(summary))
@@ -165,7 +171,7 @@ def passk(
 
     _quiet_transformers()
     try:
-        cfg = load_config(config, overrides or [])
+        cfg = _load(config, overrides)
         result = run_passk(cfg, console)
     except ArlkitError as e:
         _fail(e)
@@ -199,7 +205,7 @@ def cea(
 
     _quiet_transformers()
     try:
-        cfg = load_config(config, overrides or [])
+        cfg = _load(config, overrides)
         result = run_cea(cfg, console)
     except ArlkitError as e:
         _fail(e)
@@ -222,6 +228,7 @@ def eval_cmd(
     _quiet_transformers()
     try:
         extra = [f"model.path={model}"] if model else []
+        check_repeated_overrides([*(overrides or []), *extra])  # --model and model.path= conflict
         cfg = load_config(config, [*(overrides or []), *extra, "train.steps=0"])
         s = setup(cfg, console, for_training=False)  # updates nothing: no optimiser, KL reference, critic
         metrics = run_eval(s, 0, "eval")

@@ -540,6 +540,42 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
 
 
+def _split_override(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ArlkitError(f"override {item!r} must look like section.field=value")
+    key, raw = item.split("=", 1)
+    return key.strip(), raw
+
+
+def check_repeated_overrides(overrides: list[str] | tuple[str, ...]) -> None:
+    """Refuse a command line that gives an override twice: which one the user meant to win is a guess (a long
+    command line edited from the shell history often holds an old value and a new one). `load_config` itself
+    lets the later one win, which is how code layers overrides on defaults."""
+    seen: dict[str, str] = {}
+    for item in overrides:
+        key, _ = _split_override(item)
+        if key in seen:
+            raise ArlkitError(f"override {key!r} is given twice ({seen[key]!r} and {item!r}); give it once")
+        seen[key] = item
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; a config that sets a field twice is a mistake, so say so."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, Hashable) and key in seen:
+                raise ArlkitError(
+                    f"config file {key_node.start_mark.name!r} sets key {key!r} twice (lines {seen[key]} "
+                    f"and {line}); keep one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML config as a dict, with its `include:` (a path relative to the file, or a list of them) merged
     underneath: the including file's values win, section by section."""
@@ -583,41 +619,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         return Config.model_validate(data)
     except ValidationError as e:
         raise ArlkitError(_describe(e)) from None
-def _split_override(item: str) -> tuple[str, str]:
-    if "=" not in item:
-        raise ArlkitError(f"override {item!r} must look like section.field=value")
-    key, raw = item.split("=", 1)
-    return key.strip(), raw
-
-
-def check_repeated_overrides(overrides: list[str] | tuple[str, ...]) -> None:
-    """Refuse an override given twice: which one the user meant to win is a guess (the shell history of a
-    long command line often holds an old value and a new one)."""
-    seen: dict[str, str] = {}
-    for item in overrides:
-        key, _ = _split_override(item)
-        if key in seen:
-            raise ArlkitError(f"override {key!r} is given twice ({seen[key]!r} and {item!r}); give it once")
-        seen[key] = item
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys; a config that sets a field twice is a mistake, so say so."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if isinstance(key, Hashable) and key in seen:
-                raise ArlkitError(
-                    f"config file {key_node.start_mark.name!r} sets key {key!r} twice (lines {seen[key]} "
-                    f"and {line}); keep one"
-                )
-            seen[key] = line
-        return super().construct_mapping(node, deep)
-
-
 
 
 def _describe(e: ValidationError) -> str:
@@ -629,14 +630,13 @@ def _describe(e: ValidationError) -> str:
         field = ".".join(str(x) for x in loc)
         if not field:  # a check across fields; its message names them
             lines.append(str(err["msg"]).removeprefix("Value error, "))
+        elif err["type"] == "union_tag_invalid":  # task.name: the discriminator's own wording is internal
+            lines.append(
+                f"config field '{field}.name': unknown task {err['ctx']['tag']!r}; valid: {', '.join(TASK_NAMES)}"
+            )
         elif err["type"] == "extra_forbidden":
             lines.append(f"unknown config field {field!r}")
         else:
             msg = str(err["msg"]).removeprefix("Value error, ")
             lines.append(f"config field {field!r}: {msg} (got {err.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(lines)
-    check_repeated_overrides(overrides)
-        elif err["type"] == "union_tag_invalid":  # task.name: the discriminator's own wording is internal
-            lines.append(
-                f"config field '{field}.name': unknown task {err['ctx']['tag']!r}; valid: {', '.join(TASK_NAMES)}"
-            )
