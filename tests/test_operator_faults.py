@@ -4,6 +4,10 @@ data files, a corrupt or unwritable checkpoint, a run folder that already holds 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from arlkit.config import load_config
@@ -20,22 +24,34 @@ from arlkit.errors import ArlkitError
             "config field 'sft.strategy_mix.a': Input should be a finite number",
         ),
         (
-            ["algo.lr=1e-3", "train.steps=2", "algo.lr=2e-3"],
-            "override 'algo.lr' is given twice ('algo.lr=1e-3' and 'algo.lr=2e-3'); give it once",
-        ),
-        (
             ["task.name=foo"],
             "config field 'task.name': unknown task 'foo'; valid: toywiki, toysql, math_python, qa_files, "
             "nl2sql_files",
         ),
     ],
-    ids=["inf_lr", "nan_coef", "inf_in_dict", "repeated_override", "unknown_task"],
+    ids=["inf_lr", "nan_coef", "inf_in_dict", "unknown_task"],
 )
 def test_bad_config_values_name_the_field(overrides, message) -> None:
     with pytest.raises(ArlkitError) as e:
         load_config(None, overrides)
     assert message in str(e.value)
     assert "pydantic" not in str(e.value) and "_task_name" not in str(e.value)
+
+
+def _cli(*argv: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "400", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "arlkit", *argv]
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_a_command_line_that_repeats_an_override_is_refused(tmp_path) -> None:
+    out = _cli("train", "configs/grpo_toywiki.yaml", "algo.lr=1e-3", "train.steps=2", "algo.lr=2e-3")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert (
+        "error: override 'algo.lr' is given twice ('algo.lr=1e-3' and 'algo.lr=2e-3'); give it once"
+        in out.stdout
+    )
+    assert "Traceback" not in out.stderr
 
 
 def test_duplicate_yaml_keys_name_the_key_and_lines(tmp_path) -> None:
@@ -128,3 +144,75 @@ def test_broken_spider_tables_name_the_entry_and_field(tmp_path, change, message
     assert f"{path} entry 1 (db_id 'shop'): {message}" in str(e.value)
     path.write_text(json.dumps([_spider_db()]))
     assert "-- orders.customer_id references customer.id" in load_tables(path)["shop"]
+
+
+def _setup(tiny, run_dir, *extra: str):
+    from conftest import tiny_run_overrides
+    from rich.console import Console
+
+    from arlkit.train.loop import setup
+
+    cfg = load_config(None, tiny_run_overrides(tiny.sft_dir, run_dir, "task.n_eval=0", *extra))
+    return setup(cfg, Console(quiet=True))
+
+
+def _console():
+    import io
+
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), width=400, no_color=True)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_resume_skips_a_corrupt_newest_checkpoint_and_says_so(tiny, tmp_path, damage) -> None:
+    from arlkit.train.checkpoint import STATE_FILE, resume_run, save_checkpoint
+    from arlkit.train.guards import TrainState
+
+    s = _setup(tiny, tmp_path / "run", "train.save_every=1")
+    for step in (1, 2):
+        save_checkpoint(s, f"step_{step}", TrainState(step=step))
+    ckpts = s.run.path / "checkpoints"
+    state = ckpts / "step_2" / STATE_FILE
+    state.write_bytes(b"" if damage == "empty" else state.read_bytes()[:4000])  # a crash mid-copy
+    console = _console()
+    assert resume_run(_setup(tiny, tmp_path / "run", "train.save_every=1"), console).step == 1
+    out = console.file.getvalue()
+    error = "EOFError: Ran out of input" if damage == "empty" else "RuntimeError: PytorchStreamReader failed"
+    assert f"warning: {state} does not load ({error}" in out
+    assert "moved to corrupt-step_2, trying the previous checkpoint" in out
+    assert "resuming from the newest intact checkpoint, step_1" in out
+    assert sorted(p.name for p in ckpts.iterdir()) == ["corrupt-step_2", "step_1"]  # nothing deleted
+
+    (ckpts / "step_1" / STATE_FILE).write_bytes(b"")  # no intact one left: say so, name each
+    with pytest.raises(
+        ArlkitError, match=r"no checkpoint in .* loads: step_1 \(EOFError: Ran out of input\)"
+    ):
+        resume_run(_setup(tiny, tmp_path / "run"), _console())
+
+
+def test_disk_full_while_checkpointing_names_the_folder_and_keeps_the_previous(
+    tiny, tmp_path, monkeypatch
+) -> None:
+    import errno
+
+    import torch
+
+    from arlkit.train import checkpoint
+    from arlkit.train.guards import TrainState
+
+    s = _setup(tiny, tmp_path / "run")
+    checkpoint.save_checkpoint(s, "step_1", TrainState(step=1))
+    before = {p.name: p.stat().st_size for p in (s.run.path / "checkpoints" / "step_1").iterdir()}
+
+    def full(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(ArlkitError) as e:
+        checkpoint.save_checkpoint(s, "step_2", TrainState(step=2))
+    ckpts = s.run.path / "checkpoints"
+    assert f"could not write checkpoint 'step_2' to {ckpts}: the disk is full (" in str(e.value)
+    assert "The previous checkpoints are intact (step_1); free space" in str(e.value)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_1"]  # the partial copy is gone, step_1 untouched
+    assert {p.name: p.stat().st_size for p in (ckpts / "step_1").iterdir()} == before

@@ -8,11 +8,15 @@ guard's counters and the byte size of each log file. The trainable tensors are s
 LoRA, DART, 2-Agent, value head, critic) bit for bit, while the export stays a plain HF folder.
 
 A folder is written under a hidden temporary name, its files fsynced, then renamed into place: a run killed
-at any instant leaves either the previous checkpoint or the new one, never half of one.
+at any instant leaves either the previous checkpoint or the new one, never half of one. A write that fails
+(a full disk) removes its partial copy and stops the run with an ArlkitError that names the folder and keeps
+the previous checkpoints; a resume skips a newest checkpoint that does not load (a file truncated by a crash
+of the machine, or a copy cut short) for the newest intact one, and says so.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -60,12 +64,43 @@ def save_checkpoint(s: Setup, name: str, state: TrainState | None = None) -> Pat
         return final
     tmp = final.parent / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    export_policy(s, tmp)
-    if state is not None:
-        torch.save(trainer_state(s, state, gathered), tmp / STATE_FILE)
-    _fsync_tree(tmp)
+    try:
+        export_policy(s, tmp)
+        if state is not None:
+            torch.save(trainer_state(s, state, gathered), tmp / STATE_FILE)
+        _fsync_tree(tmp)
+    except (
+        OSError,
+        RuntimeError,
+    ) as e:  # torch, safetensors and tokenizers each word a failed write their own way
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial copy would only hold on to the space that ran out
+        raise write_error(final, e) from None
     _replace_dir(tmp, final)
     return final
+
+
+_DISK_FULL = ("No space left", "os error 28", "unexpected pos", "iostream error", "file write failed")
+
+
+def write_error(final: Path, e: BaseException) -> ArlkitError:
+    """The error of a checkpoint write that failed: what filled (or what else went wrong), where, and that
+    the previous checkpoints are intact."""
+    ckpts = final.parent
+    full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
+        m in str(e) for m in _DISK_FULL
+    )
+    free_mb = shutil.disk_usage(ckpts).free / 2**20
+    reason = (
+        f"the disk is full ({free_mb:.1f} MB free there now, after removing the partial copy)"
+        if full
+        else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    )
+    kept = ", ".join(p.name for p in step_dirs(ckpts)) or "none yet"
+    return ArlkitError(
+        f"could not write checkpoint {final.name!r} to {ckpts}: {reason}. The previous checkpoints are "
+        f"intact ({kept}); free space (train.keep_checkpoints bounds how many are kept) and continue with "
+        "--resume"
+    )
 
 
 def save_state(s: Setup, state: TrainState) -> None:
@@ -219,13 +254,59 @@ def clean_partial(checkpoints: Path) -> None:
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
     """The complete step_N folder of the highest step (`final` is an export only: it holds no state)."""
-    found = [p for p in step_dirs(checkpoints) if (p / STATE_FILE).is_file()]
+    found = complete_checkpoints(checkpoints)
     return found[-1] if found else None
+
+
+def complete_checkpoints(checkpoints: Path) -> list[Path]:
+    """The step_N folders that hold a trainer state, oldest first."""
+    return [p for p in step_dirs(checkpoints) if (p / STATE_FILE).is_file()]
 
 
 def _load(path: Path) -> dict[str, Any]:
     # our own file, holding numpy and Python RNG states besides tensors: not loadable with weights_only
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def newest_readable(checkpoints: Path, console: Console) -> tuple[Path, dict[str, Any]]:
+    """The newest step_N checkpoint whose trainer state loads, and that state. Each newer one that does not
+    load (a truncated or empty file) is renamed to `corrupt-step_N` (kept for a post-mortem, out of rotation
+    and of later resumes) with a warning.
+
+    Raises:
+        ArlkitError: no checkpoint, or none that loads.
+    """
+    found = complete_checkpoints(checkpoints)
+    if not found:
+        raise ArlkitError(
+            f"--resume: no complete checkpoint in {checkpoints}; set train.save_every so that runs write them"
+        )
+    broken = []
+    for path in reversed(found):
+        try:
+            saved = _load(path)
+            if not isinstance(saved, dict) or "loop" not in saved:
+                raise ValueError("not a trainer state")
+        except (
+            Exception
+        ) as e:  # torch.load: EOFError (empty), RuntimeError (truncated zip), UnpicklingError, …
+            first = str(e).splitlines()[0] if str(e) else ""
+            broken.append(f"{path.name} ({type(e).__name__}: {first[:120]})")
+            aside = path.with_name(f"corrupt-{path.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(path, aside)
+            console.print(
+                f"[yellow]warning:[/] {path / STATE_FILE} does not load ({type(e).__name__}: {first[:120]}); "
+                f"moved to {aside.name}, trying the previous checkpoint"
+            )
+            continue
+        if broken:
+            console.print(f"[yellow]warning:[/] resuming from the newest intact checkpoint, {path.name}")
+        return path, saved
+    raise ArlkitError(
+        f"--resume: no checkpoint in {checkpoints} loads: {'; '.join(broken)} (moved to corrupt-step_N); "
+        "start afresh with --overwrite"
+    )
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
@@ -245,8 +326,8 @@ def resume_run(s: Setup, console: Console) -> TrainState:
     random states, data cursor) and rewind the logs to it; returns the loop's counters.
 
     Raises:
-        ArlkitError: a finished run (summary.json), no resumable checkpoint, or a checkpoint of another kind
-            of policy or critic.
+        ArlkitError: a finished run (summary.json), no checkpoint that loads (newer ones that do not are set
+            aside with a warning, see `newest_readable`), or a checkpoint of another kind of policy or critic.
     """
     ckpts = s.run.path / "checkpoints"
     summary = s.run.path / "summary.json"
@@ -256,12 +337,7 @@ def resume_run(s: Setup, console: Console) -> TrainState:
             "raise train.steps to train further"
         )
     clean_partial(ckpts)
-    path = latest_checkpoint(ckpts)
-    if path is None:
-        raise ArlkitError(
-            f"--resume: no complete checkpoint in {ckpts}; set train.save_every so that runs write them"
-        )
-    saved = _load(path)
+    path, saved = newest_readable(ckpts, console)
     if saved.get("version") != STATE_VERSION:
         raise ArlkitError(
             f"--resume: {path / STATE_FILE} has format {saved.get('version')!r}, not {STATE_VERSION}"
