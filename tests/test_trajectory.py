@@ -247,6 +247,10 @@ def test_malformed_call_gives_error_observation_and_continues(task, tokenizer, r
     assert "<tool_response>\nError: malformed tool call #1: invalid JSON" in obs_text
     assert obs_text.endswith("<|im_start|>assistant\n")
     assert set(traj.roles[traj.turns[0].end :]) == {OBS}
+    # the turn keeps the env's message as the tool wrote it; the ids wrap it in the template's markers
+    (message,) = traj.turns[0].observation
+    assert message.startswith("Error: malformed tool call #1: invalid JSON") and message in obs_text
+    assert "<|im_start|>" not in message and traj.to_dict()["turns"][0]["observation"] == [message]
     assert all(math.isnan(x) for x in traj.logprobs[traj.turns[0].end :])
     assert collate([traj], tokenizer.pad_token_id).loss_mask[0, traj.turns[0].end :].sum() == 0
 
@@ -256,6 +260,7 @@ def test_malformed_call_gives_error_observation_and_continues(task, tokenizer, r
         ids = [*tokenizer.encode(text, add_special_tokens=False), tokenizer.eos_token_id]
         ep.advance(ids)
     assert ep.done and traj.n_turns == 2
+    assert traj.turns[1].observation == ()  # the answer ended the episode: no observation followed
     assert traj.metadata["metrics"]["em"] == 1.0
     assert traj.metadata["metrics"]["tool_syntax_ok"] == 0.0
     assert traj.reward == -0.5

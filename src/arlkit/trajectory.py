@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any
 
@@ -42,6 +42,9 @@ class TurnRecord:
     calls: tuple[Any, ...] = ()
     reward: float = 0.0
     finish_reason: str = ""
+    # the env's observation messages after this turn, as the tools wrote them (for viewers: the ids hold them
+    # inside the chat template's role markers and tags)
+    observation: tuple[str, ...] = ()
 
 
 @dataclass
@@ -76,6 +79,13 @@ class Trajectory:
         self.entropies.extend([math.nan] * len(ids))
         self.turn.extend([k] * len(ids))
 
+    def add_observation(self, ids: Sequence[int], messages: Sequence[str]) -> None:
+        """Append an observation's ids (the template's rendering of the env's messages) and keep the messages'
+        own text on the last turn."""
+        self.extend_context(ids, Role.OBSERVATION)
+        if self.turns:
+            self.turns[-1] = replace(self.turns[-1], observation=tuple(messages))
+
     def add_turn(
         self,
         ids: Sequence[int],
@@ -100,7 +110,7 @@ class Trajectory:
     def set_turn_outcome(self, calls: Sequence[Any], reward: float) -> None:
         """Record the tool calls and step reward of the last turn."""
         last = self.turns[-1]
-        self.turns[-1] = TurnRecord(last.start, last.end, tuple(calls), float(reward), last.finish_reason)
+        self.turns[-1] = replace(last, calls=tuple(calls), reward=float(reward))
 
     def truncated(self, length: int) -> Trajectory:
         """A copy of the first `length` tokens and of the turns that end within them (a branch's prefix).
@@ -158,6 +168,7 @@ class Trajectory:
                     "reward": t.reward,
                     "finish_reason": t.finish_reason,
                     "calls": [getattr(c, "__dict__", c) for c in t.calls],
+                    "observation": list(t.observation),
                 }
                 for t in self.turns
             ],

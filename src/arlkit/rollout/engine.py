@@ -144,7 +144,7 @@ class Episode:
         if len(self.traj) + len(seg.ids) + 1 > self.params.max_length:
             self.finish("context_length")  # no room left to generate after this observation
             return
-        self.traj.extend_context(seg.ids, Role.OBSERVATION)
+        self.traj.add_observation(seg.ids, [str(m.get("content", "")) for m in step.observations])
         self.text += seg.text
         self._checkpoints.append(self._checkpoint())
 

@@ -236,8 +236,9 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
             "perf/update_tokens_per_s": float(batch.attention_mask.sum()) / max(t3 - t1, 1e-9),
         }
     )
-    if cfg.train.n_samples:
-        s.run.write_samples(step, trajs[: cfg.train.n_samples], s.policy.tokenizer)
+    if cfg.train.n_samples:  # with each token's advantage as estimated (before per-micro-batch shapers)
+        n = cfg.train.n_samples
+        s.run.write_samples(step, trajs[:n], s.policy.tokenizer, advantages=data.advantages[:n].cpu())
     return reduce_metrics(metrics, len(got.trajectories), s.dist)
 
 
