@@ -6,18 +6,24 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+from html import unescape as html_unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import tiny_run_overrides
+from rich.console import Console
 from viewer_run import XSS, write_viewer_run
 
+from arlkit.config import load_config
 from arlkit.errors import ArlkitError
+from arlkit.train.loop import setup, train_step
 from arlkit.trajectory import GENERATED_ROLES, Role
 from arlkit.viewer import load_run, render_page, write_page
-from arlkit.viewer.load import select_rows
+from arlkit.viewer.load import RunSamples, select_rows
 from arlkit.viewer.tokens import token_pieces
 
 ROLE_NAMES = {int(r): r.name for r in Role}
@@ -142,6 +148,25 @@ def test_samples_rows_keep_old_keys_and_add_viewer_keys(run_dir) -> None:
     assert rows[6]["advantages"][-1] == pytest.approx(-0.4 / math.sqrt(0.3), abs=1e-4)
 
 
+def test_train_step_writes_each_tokens_advantage(tiny, tmp_path) -> None:
+    """`arlkit train`'s samples carry the advantages the update used, so the page can shade by them."""
+    cfg = load_config(None, tiny_run_overrides(tiny.sft_dir, tmp_path / "run"))
+    train_step(setup(cfg, Console(quiet=True)), 1)
+    rows = read_rows(tmp_path / "run" / "samples.jsonl")
+    assert len(rows) == 8  # train.n_samples: both groups of 4 (rollout.n) of the step's 2 prompts
+    for r in rows:
+        assert len(r["advantages"]) == len(r["token_ids"])
+    # GRPO: (r - group mean) / (unbiased group std + 1e-6) on every generated token, 0 elsewhere
+    for group in (rows[:4], rows[4:]):
+        rewards = [r["reward"] for r in group]
+        mean = sum(rewards) / len(rewards)
+        std = math.sqrt(sum((x - mean) ** 2 for x in rewards) / (len(rewards) - 1))
+        for r in group:
+            want = (r["reward"] - mean) / (std + 1e-6)
+            for a, role in zip(r["advantages"], r["roles"], strict=True):
+                assert a == pytest.approx(want if role in GENERATED_ROLES else 0.0, abs=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------
 # The page
 # ---------------------------------------------------------------------------------------------
@@ -165,6 +190,42 @@ def test_page_tokens_roles_and_shading_data(run_dir) -> None:
     assert {role for c in page.cards for t in c["tokens"] for role in t["classes"]} >= {
         f"role-{r.name}" for r in Role
     }
+
+
+def test_observation_column_shows_the_tool_output_without_template_glue(run_dir) -> None:
+    samples = load_run(run_dir)
+    html = render_page(samples)
+    shown = re.findall(r'<pre class="obs">(.*?)</pre>', html, re.S)  # the table's observation blocks
+    messages = 0
+    for row in (r for rows in samples.sources.values() for r in rows):
+        for k, turn in enumerate(row["turns"]):
+            tokens = "".join(
+                text
+                for text, role, t in zip(row["token_text"], row["roles"], row["turn"], strict=True)
+                if role == Role.OBSERVATION and t == k
+            )
+            for message in turn["observation"]:  # what the tool wrote, inside the template's rendering
+                messages += 1
+                assert message in tokens and "<|im_start|>" in tokens and "<|im_start|>" not in message
+                assert message in {html_unescape(b) for b in shown}
+    assert messages >= 3  # the demonstrations' searches
+    assert not any("im_start" in b or "tool_response" in b for b in shown)
+
+    # rows written before turns kept their messages show the observation tokens instead
+    old = json.loads(json.dumps(samples.sources["eval_base"][0]))
+    for turn in old["turns"]:
+        del turn["observation"]
+    old_html = render_page(RunSamples(run_dir, {"eval_base": [old]}))
+    assert "&lt;|im_start|&gt;" in "".join(re.findall(r'<pre class="obs">(.*?)</pre>', old_html, re.S))
+
+
+def test_unbranched_samples_have_no_branch_tree_box(run_dir) -> None:
+    samples = load_run(run_dir)
+    html = render_page(RunSamples(run_dir, {"eval_base": samples.sources["eval_base"]}))
+    assert "Branch trees" not in html and 'class="trees"' not in html
+    assert "Branch trees" in render_page(samples)  # the samples file has branched rollouts
+    # the message page.js fills when a filter matches no episode (checked in test_viewer_browser.py)
+    assert '<p id="no-match" class="none" hidden></p>' in html
 
 
 def test_page_escapes_untrusted_text_and_loads_nothing(run_dir) -> None:

@@ -1,5 +1,6 @@
 """`arlkit inspect` rendered by headless Chromium: the DOM after the page's script ran holds every role and
-the branch tree, shading colours tokens, and the screenshot is kept as a test artifact.
+the branch tree, shading colours tokens (entropy on a scale per episode), a filter that matches nothing says
+so, and the screenshot is kept as a test artifact.
 
 Chromium comes from Debian (`apt-get install chromium`): `.ci/run` installs it before `make test`, and this
 module installs it itself when it is missing and it runs as root with apt-get; otherwise it skips, saying
@@ -95,6 +96,18 @@ def test_inspect_page_in_headless_chromium(chromium, tiny, tmp_path) -> None:
     shaded = render(chromium, page.as_uri() + "?shade=advantage", tmp_path / "profile")
     assert re.search(r'data-a="[0-9.e-]+"[^>]*style="background-color: rgba\(0, 150, 70', shaded)
     assert re.search(r'data-a="-[0-9.e-]+"[^>]*style="background-color: rgba\(210, 30, 30', shaded)
+
+    # shading by entropy: a scale per episode, so every sampled episode's most uncertain token is at full strength
+    entropy = render(chromium, page.as_uri() + "?shade=entropy", tmp_path / "profile")
+    cards = [c for c in entropy.split('<section class="traj"')[1:] if "data-e=" in c]
+    assert len(cards) == 4 and all("rgba(235, 120, 0, 0.85)" in c for c in cards)
+
+    # a filter that matches nothing says so instead of leaving a blank page
+    empty = render(chromium, page.as_uri() + "?q=no-such-text&outcome=correct", tmp_path / "profile")
+    assert "0 of 12 trajectories" in empty
+    assert (
+        "No episode matches text \u201cno-such-text\u201d, EM = 1. Clear the filter to see all 12." in empty
+    )
 
     # the screenshot: the page's size, with the role colours of the legend and tokens visible
     image = Image.open(shot).convert("RGB")

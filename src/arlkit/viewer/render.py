@@ -79,6 +79,14 @@ def _tokens(row: dict) -> str:
 
 
 def _observation(row: dict, k: int) -> str:
+    """The observation after turn k: the env's messages as the tools wrote them, each in its own block.
+
+    Rows written before turns kept their messages fall back to the observation tokens, which also hold the
+    chat template's role markers and tags around the tool output.
+    """
+    turn = (row.get("turns") or [])[k]
+    if isinstance(turn.get("observation"), list):
+        return "".join(f'<pre class="obs">{escape(str(m))}</pre>' for m in turn["observation"])
     roles, turns = row.get("roles") or [], row.get("turn") or []
     obs = int(Role.OBSERVATION)
     pieces = [
@@ -86,7 +94,7 @@ def _observation(row: dict, k: int) -> str:
         for i in range(min(len(roles), len(turns), len(row["token_text"])))
         if roles[i] == obs and turns[i] == k
     ]
-    return "".join(pieces)
+    return f'<pre class="obs">{escape("".join(pieces))}</pre>' if pieces else ""
 
 
 def _call(call: Any) -> str:
@@ -108,11 +116,9 @@ def _turns(row: dict) -> str:
     rows = []
     for k, t in enumerate(row.get("turns") or []):
         calls = "".join(_call(c) for c in t.get("calls") or []) or '<span class="none">no tool call</span>'
-        obs = _observation(row, k)
         rows.append(
             f"<tr><td>{k + 1}</td><td>{escape(str(t.get('finish_reason', '')))}</td>"
-            f"<td>{_num(t.get('reward'))}</td><td>{calls}</td>"
-            f'<td><pre class="obs">{escape(obs)}</pre></td></tr>'
+            f"<td>{_num(t.get('reward'))}</td><td>{calls}</td><td>{_observation(row, k)}</td></tr>"
         )
     head = "<tr><th>turn</th><th>stop</th><th>step reward</th><th>tool calls</th><th>observation</th></tr>"
     return f'<table class="turns">{head}{"".join(rows)}</table>'
@@ -191,14 +197,14 @@ def _tree(source: str, step: Any, rows: list[dict]) -> str:
 
 
 def _trees(samples: RunSamples) -> str:
+    """The branch trees of the steps that have branched rollouts; nothing for a run without any."""
     blocks = [
         _tree(source, step, rs)
         for source, rows in samples.sources.items()
         for step, rs in group_by_step(rows).items()
         if any(r.get("parent") is not None for r in rs)
     ]
-    body = "".join(blocks) or '<p class="none">No branched rollouts in these samples.</p>'
-    return f'<section class="trees"><h2>Branch trees</h2>{body}</section>'
+    return f'<section class="trees"><h2>Branch trees</h2>{"".join(blocks)}</section>' if blocks else ""
 
 
 def _legend(has_entropy: bool, has_advantage: bool) -> str:
@@ -211,8 +217,8 @@ def _legend(has_entropy: bool, has_advantage: bool) -> str:
 
     radios = (
         radio("role", "role", True)
-        + radio("entropy", "entropy", has_entropy)
-        + radio("advantage", "advantage (green +, red −)", has_advantage)
+        + radio("entropy", "entropy (scaled per episode)", has_entropy)
+        + radio("advantage", "advantage (green +, red −; one scale for the page)", has_advantage)
     )
     return f'<div class="legend">{chips}<span class="shade">shade by: {radios}</span></div>'
 
@@ -259,8 +265,9 @@ def render_page(samples: RunSamples) -> str:
     )
     has_a = any(isinstance(r.get("advantages"), list) for _, r in rows)
     cards = "".join(_card(s, r) for s, r in rows)
+    no_match = '<p id="no-match" class="none" hidden></p>'  # page.js says which filter matched nothing
     head = f"<title>arlkit · {escape(samples.path.name)}</title><style>{_asset('page.css')}</style>"
-    body = f"{_header(samples)}{_legend(has_e, has_a)}{_controls(samples)}{_trees(samples)}"
+    body = f"{_header(samples)}{_legend(has_e, has_a)}{_controls(samples)}{no_match}{_trees(samples)}"
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{head}</head><body data-shade="role">'
         f'{body}<main class="cards">{cards}</main><script>{_asset("page.js")}</script></body></html>'
