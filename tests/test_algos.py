@@ -97,17 +97,19 @@ def test_returns_to_go_aligned_unaligned_and_per_turn():
 
 
 def test_reinforce_pp_whitens_returns_over_generated_tokens():
-    # returns over tokens 1, 4, 5 = 0.75, 0.5, 1 (previous test): mean 0.75, biased var (0 + 0.0625·2)/3
+    # returns over tokens 1, 4, 5 = 0.75, 0.5, 1 (previous test): mean 0.75, unbiased var (0 + 0.0625·2)/2
     x = _one_row([0, 0.5, 0, 0, 0, 1])
     out = ADVANTAGES.get("reinforce_pp")(x, AdvantageParams(gamma=0.5))
-    std = math.sqrt(0.125 / 3)
+    std = math.sqrt(0.125 / 2)
     assert torch.allclose(out.advantages, torch.tensor([[0, 0, 0, 0, -0.25 / std, 0.25 / std]]), atol=1e-4)
 
 
 def test_reinforce_pp_baseline_subtracts_group_mean_then_whitens():
-    # group [1, 0]: R - mean = ±0.5 on each row's 3 generated tokens; whitened over 6 tokens: mean 0, std 0.5 -> ±1
+    # group [1, 0]: R - mean = ±0.5 on each row's 3 generated tokens; whitened over 6 tokens: mean 0, unbiased
+    # var 6·0.25/5 = 0.3 -> ±0.5/√0.3 = ±0.9129
     out = ADVANTAGES.get("reinforce_pp_baseline")(_inputs([1, 0], [0, 0]), P)
-    assert torch.allclose(out.advantages[:, [1, 4, 5]], torch.tensor([[1.0] * 3, [-1.0] * 3]), atol=1e-4)
+    z = 0.5 / math.sqrt(0.3)
+    assert torch.allclose(out.advantages[:, [1, 4, 5]], torch.tensor([[z] * 3, [-z] * 3]), atol=1e-4)
     assert torch.all(out.advantages[:, [0, 2, 3]] == 0)
 
 
@@ -127,21 +129,29 @@ def test_gae_aligned_hand_computed():
     # γ = 1, λ = 0.5, outcome 1 on token 5. Time steps 1, 4, 5 (observations skipped):
     # δ5 = 1 + 0 - 0.6 = 0.4, A5 = 0.4; δ4 = 0 + 0.6 - 0.5 = 0.1, A4 = 0.1 + 0.5·0.4 = 0.3
     # δ1 = 0 + V4 - V1 = 0.5 - 0.2 = 0.3 (bootstraps across the observation), A1 = 0.3 + 0.5·0.3 = 0.45
-    out = ADVANTAGES.get("gae")(_one_row([0, 0, 0, 0, 0, 1], VALUES), AdvantageParams(lam=0.5))
+    x = _one_row([0, 0, 0, 0, 0, 1], VALUES)
+    out = ADVANTAGES.get("gae")(x, AdvantageParams(lam=0.5, whiten=False))
     assert torch.allclose(out.advantages, torch.tensor([[0, 0.45, 0, 0, 0.3, 0.4]]))
     assert torch.allclose(out.returns, torch.tensor([[0, 0.65, 0, 0, 0.8, 1.0]]))  # A + V
+    # whitened (the default, as verl): mean 0.3833, unbiased var ((0.0667)² + (0.0833)² + (0.0167)²)/2 = 0.00583
+    # -> (0.45, 0.3, 0.4) ↦ (0.873, -1.091, 0.218); the value targets stay the raw A + V
+    white = ADVANTAGES.get("gae")(x, AdvantageParams(lam=0.5))
+    assert torch.allclose(white.advantages, torch.tensor([[0, 0.8729, 0, 0, -1.0911, 0.2182]]), atol=1e-3)
+    assert torch.equal(white.returns, out.returns)
 
 
 def test_gae_alignment_changes_exactly_the_turns_before_an_observation():
     # unaligned: tokens 2, 3 are steps: δ3 = 0.5 - 0.9 = -0.4, A3 = -0.4 + 0.5·0.3 = -0.25; δ2 = 0.9 - 0.9 = 0,
     # A2 = -0.125; δ1 = 0.9 - 0.2 = 0.7, A1 = 0.7 + 0.5·(-0.125) = 0.6375. Tokens 4, 5 are as aligned.
     x = _one_row([0, 0, 0, 0, 0, 1], VALUES)
-    aligned = ADVANTAGES.get("gae")(x, AdvantageParams(lam=0.5)).advantages
-    unaligned = ADVANTAGES.get("gae")(x, AdvantageParams(lam=0.5, aligned=False)).advantages
+    aligned = ADVANTAGES.get("gae")(x, AdvantageParams(lam=0.5, whiten=False)).advantages
+    unaligned = ADVANTAGES.get("gae")(x, AdvantageParams(lam=0.5, aligned=False, whiten=False)).advantages
     assert torch.allclose(unaligned, torch.tensor([[0, 0.6375, 0, 0, 0.3, 0.4]]))
     assert torch.equal(aligned[:, 4:], unaligned[:, 4:]) and not torch.isclose(aligned[0, 1], unaligned[0, 1])
     # with λ = γ = 1 GAE telescopes to G - V on both axes: the observation values cancel out
-    lam1 = [ADVANTAGES.get("gae")(x, AdvantageParams(aligned=a)).advantages for a in (True, False)]
+    lam1 = [
+        ADVANTAGES.get("gae")(x, AdvantageParams(aligned=a, whiten=False)).advantages for a in (True, False)
+    ]
     assert torch.allclose(lam1[0], lam1[1]) and math.isclose(float(lam1[0][0, 1]), 0.8, rel_tol=1e-6)
 
 
@@ -173,7 +183,7 @@ def test_gae_vectorised_equals_python_loop_on_random_rows():
     rewards = torch.randn(B, T, generator=g) * mask
     values = torch.randn(B, T, generator=g)
     x = AdvantageInputs(rewards, mask, torch.arange(B), values=values)
-    out = ADVANTAGES.get("gae")(x, AdvantageParams(gamma=0.97, lam=0.9)).advantages
+    out = ADVANTAGES.get("gae")(x, AdvantageParams(gamma=0.97, lam=0.9, whiten=False)).advantages
     for b in range(B):
         ref = _gae_loop(rewards[b].tolist(), values[b].tolist(), mask[b].tolist(), 0.97, 0.9)
         assert torch.allclose(out[b], torch.tensor(ref), atol=1e-5)
@@ -207,7 +217,8 @@ def test_group_stats_singleton_group_has_zero_std():
 def test_masked_whiten_uses_masked_entries_only():
     x = torch.tensor([[1.0, 100.0, 3.0]])
     out = masked_whiten(x, torch.tensor([[1.0, 0.0, 1.0]]))
-    assert torch.allclose(out, torch.tensor([[-1.0, 0.0, 1.0]]), atol=1e-4)  # mean 2, std 1 over {1, 3}
+    # mean 2, unbiased std √2 over {1, 3}
+    assert torch.allclose(out, torch.tensor([[-1 / math.sqrt(2), 0.0, 1 / math.sqrt(2)]]), atol=1e-4)
 
 
 def test_ppo_clip_hand_computed_with_observation_in_the_middle():
@@ -279,14 +290,15 @@ def test_values_under_masked_tokens_change_nothing(name, aggregation):
 
 
 def test_aggregations_hand_computed():
-    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
-    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    # row 2 is empty (no generated token): the seq means skip it, as verl's agg_loss does
+    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0], [7.0, 7.0, 7.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     assert float(AGGREGATIONS.get("token_mean")(values, mask)) == pytest.approx(10 / 4)
     assert float(AGGREGATIONS.get("seq_mean_token_sum")(values, mask)) == pytest.approx((6 + 4) / 2)
     assert float(AGGREGATIONS.get("seq_mean_token_mean")(values, mask)) == pytest.approx((2 + 4) / 2)
-    # Dr.GRPO: sums 6 and 4, mean 5, divided by the budget 10
+    # Dr.GRPO: sums 6, 4, 0 over all 3 rows, mean 10/3, divided by the budget 10
     norm = AGGREGATIONS.get("seq_mean_token_sum_norm")(values, mask, norm_constant=10.0)
-    assert float(norm) == pytest.approx(0.5)
+    assert float(norm) == pytest.approx(1 / 3)
 
 
 def test_value_loss_clipping_hand_computed():
@@ -311,6 +323,9 @@ def test_kl_estimators_hand_computed():
     assert float(KL_ESTIMATORS.get("k2")(lp, ref)) == pytest.approx(0.5 * math.log(2) ** 2)
     assert float(KL_ESTIMATORS.get("k3")(lp, ref)) == pytest.approx(0.5 - 1 - math.log(0.5))
     assert float(KL_ESTIMATORS.get("k3")(lp, lp)) == 0.0
+    # log r = 6: e^6 − 1 − 6 = 396.4, clamped to 10 (verl's bound); log r = −6: e^−6 + 5 = 5.0025, inside
+    far = KL_ESTIMATORS.get("k3")(torch.tensor([0.0, -6.0]), torch.tensor([6.0, -12.0]))
+    assert far.tolist() == pytest.approx([10.0, math.exp(-6) + 5])
 
 
 def test_overlong_penalty_ramp():

@@ -203,7 +203,7 @@ class VLLMConfig(_Section):
     # folder (`make install-vllm`), else this interpreter
     python: str | None = None
     sync_dir: str | None = None  # where weights are written for the server to load; None: /dev/shm (else tmp)
-    kv_cache_gb: float = Field(2.0, gt=0)  # CPU: the KV cache (VLLM_CPU_KVCACHE_SPACE)
+    kv_cache_gb: int = Field(2, gt=0)  # CPU: the KV cache in GiB (VLLM_CPU_KVCACHE_SPACE, whole GiB)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # GPU: share of the device vLLM may take
     block_size: int = Field(32, gt=0)  # KV block; prefix caching reuses whole blocks (CPU: a multiple of 32)
     enforce_eager: bool = False  # skip torch.compile / CUDA graphs (faster start, slower decode)
@@ -241,7 +241,9 @@ class AlgoConfig(_Section):
     """The policy-gradient algorithm: advantage estimator, policy loss, KL, DAPO pieces and the optimiser.
 
     Names (`advantage`, `policy_loss`, `aggregation`, `kl_estimator`) are checked against the registries in
-    `arlkit.algos` when the config loads.
+    `arlkit.algos` when the config loads. A policy loss registered with its own defaults (GSPO: clip range
+    3e-4/4e-4 and seq_mean_token_mean) sets the fields the config leaves unset, so `algo.policy_loss=gspo`
+    alone trains GSPO as its paper does.
     """
 
     advantage: str = "grpo"  # grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline, remax, gae
@@ -250,6 +252,7 @@ class AlgoConfig(_Section):
     discount_unit: Literal["token", "turn"] = "token"  # "turn": γ once per turn boundary
     aligned_advantages: bool = True  # Agent-R1 advantage mask; False runs returns/GAE over observations too
     norm_by_std: bool = True  # GRPO's division by the group std
+    whiten_gae: bool = True  # gae: whiten advantages over the batch's generated tokens (verl, Agent-R1)
     policy_loss: str = "ppo_clip"  # ppo_clip, gspo, reinforce
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.28, ge=0)  # clip-higher (DAPO)
@@ -284,6 +287,16 @@ class AlgoConfig(_Section):
     # full (tokens, vocab) float32 logits; None computes them at once (the previous path, for benchmarks)
     head_chunk_tokens: int | None = Field(1024, gt=0)
     grad_clip: float = Field(1.0, gt=0)
+    # train–inference mismatch correction (METHODS.md §9, algos/correction.py) for a sampler that is not the
+    # trainer (vLLM, rollout.dtype bfloat16): the policy loss of token t is weighted by a function of
+    # ρ_t = π_old/μ (the trainer's recompute over the sampler's logprob). tis: min(ρ_t, cap); mis: ρ_seq, or 0
+    # for a sequence whose ρ_seq leaves [lower, upper]; icepop: ρ_t, or 0 for a token outside [lower, upper]
+    rollout_correction: Literal["none", "tis", "mis", "icepop"] = "none"
+    rollout_corr_cap: float = Field(2.0, gt=0)  # TIS truncation C (verl's rollout_is_threshold)
+    rollout_corr_lower: float = Field(0.5, ge=0)  # MIS/IcePop band (verl seq_is_rs "0.5_2.0"; IcePop α)
+    rollout_corr_upper: float = Field(2.0, gt=0)  # IcePop β
+    # MIS: ρ_seq = Π_t ρ_t (verl Seq-MIS, TRL sequence_mask) or the geometric mean (verl Geo-RS)
+    rollout_corr_seq_ratio: Literal["product", "geometric"] = "product"
 
     @property
     def micro_batching(self) -> MicroBatching:
@@ -303,20 +316,29 @@ class AlgoConfig(_Section):
             raise ValueError(f"unknown {registry.kind} {value!r}; valid: {', '.join(registry.names())}")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_defaults(cls, data: Any) -> Any:
+        from arlkit.algos import POLICY_LOSSES
+
+        name = data.get("policy_loss") if isinstance(data, dict) else None
+        if not isinstance(name, str) or name not in POLICY_LOSSES.names():
+            return data  # no loss chosen, or a bad name the field validator reports
+        return {**POLICY_LOSSES.info(name).get("defaults", {}), **data}
+
+    @model_validator(mode="after")
+    def _correction_band(self) -> AlgoConfig:
+        if self.rollout_corr_lower >= self.rollout_corr_upper:
+            raise ValueError(
+                f"algo.rollout_corr_lower ({self.rollout_corr_lower}) must be below algo.rollout_corr_upper "
+                f"({self.rollout_corr_upper})"
+            )
+        return self
+
 
 class CriticConfig(_Section):
     """The value function for `algo.advantage: gae` (PPO)."""
 
-    # train–inference mismatch correction (METHODS.md §9, algos/correction.py) for a sampler that is not the
-    # trainer (vLLM, rollout.dtype bfloat16): the policy loss of token t is weighted by a function of
-    # ρ_t = π_old/μ (the trainer's recompute over the sampler's logprob). tis: min(ρ_t, cap); mis: ρ_seq, or 0
-    # for a sequence whose ρ_seq leaves [lower, upper]; icepop: ρ_t, or 0 for a token outside [lower, upper]
-    rollout_correction: Literal["none", "tis", "mis", "icepop"] = "none"
-    rollout_corr_cap: float = Field(2.0, gt=0)  # TIS truncation C (verl's rollout_is_threshold)
-    rollout_corr_lower: float = Field(0.5, ge=0)  # MIS/IcePop band (verl seq_is_rs "0.5_2.0"; IcePop α)
-    rollout_corr_upper: float = Field(2.0, gt=0)  # IcePop β
-    # MIS: ρ_seq = Π_t ρ_t (verl Seq-MIS, TRL sequence_mask) or the geometric mean (verl Geo-RS)
-    rollout_corr_seq_ratio: Literal["product", "geometric"] = "product"
     kind: Literal["none", "separate", "value_head"] = "none"  # separate model, or a head on the policy
     path: str | None = None  # separate critic's initial weights; None: the policy's model.path
     lr: float = Field(1e-4, gt=0)  # separate critic's learning rate (a value head uses algo.lr)
@@ -336,15 +358,6 @@ class TaoConfig(_Section):
     # all_failed_trajectory: the released code (loss × (1 − strength) for a trajectory with no valid call)
     tool_filter: Literal["none", "group_uniform", "all_failed_trajectory"] = "group_uniform"
     tool_filter_strength: float = Field(1.0, ge=0, le=1)
-    @model_validator(mode="after")
-    def _correction_band(self) -> AlgoConfig:
-        if self.rollout_corr_lower >= self.rollout_corr_upper:
-            raise ValueError(
-                f"algo.rollout_corr_lower ({self.rollout_corr_lower}) must be below algo.rollout_corr_upper "
-                f"({self.rollout_corr_upper})"
-            )
-        return self
-
     entropy_shaping: bool = True  # Ã = A·(1 + α·z(H)) per micro-batch
     alpha: float = Field(0.01, ge=0)
     tool_aware_only: bool = True  # shape post-tool tokens only (the paper); False: every generated token
@@ -512,6 +525,12 @@ class Config(_Section):
             raise ValueError(
                 f"critic.kind: advantage {self.algo.advantage!r} needs a critic; set critic.kind to "
                 "'separate' or 'value_head'"
+            )
+        if self.rollout.n == 1 and ADVANTAGES.info(self.algo.advantage).get("group_relative"):
+            raise ValueError(
+                f"rollout.n: advantage {self.algo.advantage!r} compares each rollout with the others of its "
+                "prompt's group; with rollout.n 1 every advantage is 0 and nothing trains. Set rollout.n to 2 "
+                "or more, or use an estimator without groups (reinforce_pp, remax, gae)"
             )
         if self.branching.mode == "appo" and self.algo.advantage != "grpo":
             raise ValueError(

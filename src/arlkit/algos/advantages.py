@@ -47,6 +47,9 @@ class AdvantageParams:
     aligned: bool = True  # Agent-R1 advantage mask: time runs over generated tokens only
     eps: float = 1e-6  # added to the group std
     norm_by_std: bool = True  # GRPO divides by the group std; Dr.GRPO (arXiv 2503.20783) does not
+    whiten: bool = (
+        True  # gae: whiten the advantages over the batch's generated tokens, as verl and Agent-R1 do
+    )
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class AdvantageOutput:
     returns: torch.Tensor  # (B, T) value targets (gae) or returns-to-go; 0 outside loss_mask
 
 
+# `group_relative=True`: the estimator compares a rollout with the others of its prompt's group, so a group of
+# one gives advantage 0 everywhere (the config refuses `rollout.n: 1` with these)
 ADVANTAGES: Registry = Registry("advantage estimator")
 
 
@@ -72,10 +77,14 @@ def group_stats(scores: torch.Tensor, group_index: torch.Tensor) -> tuple[torch.
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x − mean) / sqrt(var + eps) over the masked entries of the whole batch (biased var, as verl)."""
-    n = mask.sum().clamp(min=1.0)
-    mean = (x * mask).sum() / n
-    var = (((x - mean) * mask) ** 2).sum() / n
+    """(x − mean) / sqrt(var + eps) over the masked entries of the whole batch; 0 outside the mask.
+
+    var is the unbiased (Bessel-corrected) variance, as verl's `masked_whiten` (`masked_var(unbiased=True)`);
+    with a single masked entry (where verl raises) the divisor n − 1 is floored at 1.
+    """
+    n = mask.sum()
+    mean = (x * mask).sum() / n.clamp(min=1.0)
+    var = (((x - mean) * mask) ** 2).sum() / (n - 1.0).clamp(min=1.0)
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
@@ -96,7 +105,7 @@ def _broadcast(per_row: torch.Tensor, mask: torch.Tensor) -> AdvantageOutput:
     return AdvantageOutput(advantages=tokens, returns=tokens)
 
 
-@ADVANTAGES.register("grpo")
+@ADVANTAGES.register("grpo", group_relative=True)
 def grpo(x: AdvantageInputs, p: AdvantageParams) -> AdvantageOutput:
     """GRPO (arXiv 2402.03300): A = (R − mean_group) / (std_group + ε), broadcast to generated tokens.
 
@@ -110,7 +119,7 @@ def grpo(x: AdvantageInputs, p: AdvantageParams) -> AdvantageOutput:
     return _broadcast(adv, x.loss_mask)
 
 
-@ADVANTAGES.register("dr_grpo")
+@ADVANTAGES.register("dr_grpo", group_relative=True)
 def dr_grpo(x: AdvantageInputs, p: AdvantageParams) -> AdvantageOutput:
     """Dr.GRPO (arXiv 2503.20783): A = R − mean_group, no std division. Pair it with the
     `seq_mean_token_sum_norm` aggregation (token sum divided by a constant) as the paper does."""
@@ -119,7 +128,7 @@ def dr_grpo(x: AdvantageInputs, p: AdvantageParams) -> AdvantageOutput:
     return _broadcast(scores - mean, x.loss_mask)
 
 
-@ADVANTAGES.register("rloo")
+@ADVANTAGES.register("rloo", group_relative=True)
 def rloo(x: AdvantageInputs, p: AdvantageParams) -> AdvantageOutput:
     """RLOO (arXiv 2402.14740): A_i = R_i − mean of the other G−1 rewards of the group = G/(G−1)·(R_i − mean).
 
@@ -141,7 +150,7 @@ def reinforce_pp(x: AdvantageInputs, p: AdvantageParams) -> AdvantageOutput:
     return AdvantageOutput(advantages=masked_whiten(g, x.loss_mask), returns=g)
 
 
-@ADVANTAGES.register("reinforce_pp_baseline")
+@ADVANTAGES.register("reinforce_pp_baseline", group_relative=True)
 def reinforce_pp_baseline(x: AdvantageInputs, p: AdvantageParams) -> AdvantageOutput:
     """REINFORCE++-baseline: the return-to-go minus the group mean of the episode returns, then whitened
     over the batch. With outcome rewards and γ = 1 this is (R − mean_group), whitened (verl's definition)."""
@@ -165,9 +174,15 @@ def remax(x: AdvantageInputs, p: AdvantageParams) -> AdvantageOutput:
 @ADVANTAGES.register("gae", needs_values=True)
 def gae_advantages(x: AdvantageInputs, p: AdvantageParams) -> AdvantageOutput:
     """PPO's GAE with a critic. Aligned (default): over generated tokens only, so the value at the last token
-    of an action bootstraps from the value at the next action token across the observation (Agent-R1)."""
+    of an action bootstraps from the value at the next action token across the observation (Agent-R1).
+
+    The value targets are the raw A + V; with `p.whiten` (default, as verl's `compute_gae_advantage_return` and
+    Agent-R1) the advantages are then whitened over the batch's generated tokens, so PPO's step size does not
+    scale with the advantage spread.
+    """
     if x.values is None:
         raise ValueError("gae needs values from a critic")
     steps = time_mask(x.loss_mask, x.attention_mask, p.aligned)
     adv, ret = gae(x.token_rewards, x.values, steps, x.turn, p.gamma, p.lam, p.discount_unit)
-    return AdvantageOutput(advantages=adv * x.loss_mask, returns=ret * x.loss_mask)
+    adv = masked_whiten(adv, x.loss_mask) if p.whiten else adv * x.loss_mask
+    return AdvantageOutput(advantages=adv, returns=ret * x.loss_mask)

@@ -39,8 +39,10 @@ def token_mean(
 def seq_mean_token_sum(
     values: torch.Tensor, mask: torch.Tensor, *, norm_constant: float | None = None
 ) -> torch.Tensor:
-    """Sum over each sequence's tokens, mean over sequences."""
-    return (values * mask).sum(-1).mean()
+    """Sum over each sequence's tokens, mean over sequences with at least one token (verl, Agent-R1): an empty
+    row (no generated token, or all masked by a filter) would otherwise dilute the mean."""
+    has = (mask.sum(-1) > 0).float()
+    return ((values * mask).sum(-1) * has).sum() / has.sum().clamp(min=1.0)
 
 
 @AGGREGATIONS.register("seq_mean_token_sum_norm")
@@ -116,7 +118,12 @@ def ppo_clip_loss(
     return LossOutput(loss=agg, stats=stats)
 
 
-@POLICY_LOSSES.register("gspo")
+# GSPO's own clip range and aggregation (arXiv 2507.18071): a per-token geometric-mean ratio moves ~1e-4 per
+# step, so PPO's 0.2/0.28 would never clip. AlgoConfig fills the fields a config leaves unset from these.
+GSPO_DEFAULTS = {"clip_low": 3e-4, "clip_high": 4e-4, "aggregation": "seq_mean_token_mean"}
+
+
+@POLICY_LOSSES.register("gspo", defaults=GSPO_DEFAULTS)
 def gspo_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

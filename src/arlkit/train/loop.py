@@ -147,7 +147,9 @@ def prepare(s: Setup, batch: Batch, baselines: torch.Tensor | None) -> UpdateBat
         with policy.reference() as ref:
             ref_lp = batch_logprobs(ref, batch, temp, micro, policy.routing)
     values = batch_values(policy, batch, micro) if cfg.critic.kind != "none" else None
-    params = AdvantageParams(a.gamma, a.lam, a.discount_unit, a.aligned_advantages, norm_by_std=a.norm_by_std)
+    params = AdvantageParams(
+        a.gamma, a.lam, a.discount_unit, a.aligned_advantages, norm_by_std=a.norm_by_std, whiten=a.whiten_gae
+    )
     inputs = AdvantageInputs(
         token_rewards=shaped_rewards(s, batch, old_lp, ref_lp),
         loss_mask=batch.loss_mask,

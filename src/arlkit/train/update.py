@@ -133,13 +133,12 @@ def update(
             opts.actor.zero_grad(set_to_none=True)
             if opts.critic is not None:
                 opts.critic.zero_grad(set_to_none=True)
-            n_tokens = data.batch.loss_mask[mini].sum().clamp(min=1.0)
-            local = float(data.batch.loss_mask[mini].sum()) if algo.aggregation == "token_mean" else len(mini)
+            local = _normaliser(data.batch, mini, algo.aggregation)
             scale = sync.share(local) if sync else 1.0
             finite = True
             chunks = algo.micro_batching.split(mini, data.batch.attention_mask) if len(mini) else []
             for rows in chunks:
-                weight = _share(data.batch, rows, n_tokens, len(mini), algo.aggregation) * scale
+                weight = _normaliser(data.batch, rows, algo.aggregation) / max(local, 1.0) * scale
                 stats = _micro_step(
                     policy, data, rows, weight, algo, critic_cfg, temperature, norm_constant, train_actor
                 )
@@ -169,11 +168,16 @@ def synced_parameters(policy: Policy) -> list[torch.nn.Parameter]:
     return params
 
 
-def _share(batch: Batch, rows: torch.Tensor, n_tokens: torch.Tensor, n_rows: int, aggregation: str) -> float:
-    """The micro-batch's weight in its mini-batch: token share for token_mean, row share otherwise."""
+def _normaliser(batch: Batch, rows: torch.Tensor, aggregation: str) -> float:
+    """What the aggregation divides by over `rows`: generated tokens (token_mean), rows with at least one
+    generated token (seq_mean_token_sum, seq_mean_token_mean), or rows. A micro-batch's weight in its
+    mini-batch is its normaliser over the mini-batch's, so accumulated gradients equal the mini-batch's."""
+    mask = batch.loss_mask[rows]
     if aggregation == "token_mean":
-        return float(batch.loss_mask[rows].sum() / n_tokens)
-    return rows.numel() / n_rows
+        return float(mask.sum())
+    if aggregation in ("seq_mean_token_sum", "seq_mean_token_mean"):
+        return float((mask.sum(-1) > 0).sum())
+    return float(rows.numel())
 
 
 def _optimizer_steps(
