@@ -216,3 +216,148 @@ def test_disk_full_while_checkpointing_names_the_folder_and_keeps_the_previous(
     assert "The previous checkpoints are intact (step_1); free space" in str(e.value)
     assert sorted(p.name for p in ckpts.iterdir()) == ["step_1"]  # the partial copy is gone, step_1 untouched
     assert {p.name: p.stat().st_size for p in (ckpts / "step_1").iterdir()} == before
+
+
+def _tiny_cfg(tiny, run_dir, *extra: str):
+    from conftest import tiny_run_overrides
+
+    return load_config(
+        None, tiny_run_overrides(tiny.sft_dir, run_dir, "task.n_eval=0", "train.steps=1", *extra)
+    )
+
+
+def test_a_run_folder_that_holds_a_run_is_refused_without_resume_or_overwrite(tiny, tmp_path) -> None:
+    import json
+
+    from arlkit.train.loop import train
+
+    run = tmp_path / "run"
+    cfg = _tiny_cfg(tiny, run)
+    train(cfg, _console())
+    with pytest.raises(ArlkitError) as e:
+        train(cfg, _console())  # before: appended to metrics.jsonl (steps [1, 1]) and replaced final
+    assert str(e.value) == (
+        f"train.run_dir {str(run)!r} already holds a run (metrics.jsonl up to step 1; checkpoints final; "
+        "summary.json): continue it with --resume, replace it with --overwrite (deletes its logs and "
+        "checkpoints), or give another train.run_dir"
+    )
+    (run / "notes.txt").write_text("mine")  # a file the user keeps in the folder survives --overwrite
+    console = _console()
+    train(cfg, console, overwrite=True)
+    assert (
+        "--overwrite: deleted the previous run's checkpoints, config.yaml, curves.png, metrics.jsonl, "
+        f"samples.jsonl, summary.json, tensorboard in {run}"
+    ) in console.file.getvalue()
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert (run / "notes.txt").read_text() == "mine"
+    with pytest.raises(
+        ArlkitError, match=r"--resume continues the run in train\.run_dir, --overwrite deletes it"
+    ):
+        train(cfg, _console(), resume=True, overwrite=True)
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path) -> None:
+    from arlkit.train.run_dir import RunDir
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\nfrom arlkit.train.run_dir import RunDir\n"
+            f"RunDir({str(run)!r}, tensorboard=False)\nprint('locked', flush=True)\ntime.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ArlkitError) as e:
+            RunDir(run, tensorboard=False)
+        assert (
+            f"train.run_dir {str(run)!r} is in use by another arlkit process (pid {holder.pid}; lock "
+            in str(e.value)
+        )
+        assert "Wait for it to end, or give this run another train.run_dir" in str(e.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    RunDir(run, tensorboard=False).close()  # the kernel dropped the dead process's lock
+
+
+def test_the_cli_refuses_a_held_run_folder_before_loading_the_model(tmp_path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_4").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1}\n')
+    out = _cli("train", "configs/grpo_toywiki.yaml", "model.path=/nonexistent", f"train.run_dir={run}")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert (
+        "already holds a run (metrics.jsonl up to step 1; checkpoints step_4): continue it with --resume"
+        in out.stdout
+    )
+    assert "Traceback" not in out.stderr
+
+
+def test_an_update_that_leaves_non_finite_weights_stops_the_run_naming_the_step(
+    tiny, tmp_path, monkeypatch
+) -> None:
+    """An optimiser step that overflows a weight while loss and gradient norm were finite (the skip guard
+    cannot see it). Before: the run went on, or saved the inf weights as `final` and ended rc 0."""
+    import json
+
+    import torch
+
+    from arlkit.train import loop
+
+    real, calls = loop.update, []
+
+    def overflowing(policy, *args, **kwargs):
+        out = real(policy, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # step 2's update: one weight overflows to inf
+            with torch.no_grad():
+                dict(policy.model.named_parameters())["model.norm.weight"][0] = float("inf")
+        return out
+
+    monkeypatch.setattr(loop, "update", overflowing)
+    run = tmp_path / "run"
+    cfg = _tiny_cfg(tiny, run, "train.steps=3", "train.save_every=1")
+    with pytest.raises(ArlkitError) as e:
+        loop.train(cfg, _console())
+    assert str(e.value) == (
+        "training stopped at step 2: its optimiser step left non-finite weights (model.norm.weight and 0 more "
+        "tensors), which no later step can repair. Lower algo.lr (0.0001) or algo.grad_clip; the newest "
+        f"checkpoint, {run / 'checkpoints' / 'step_1'}, holds the weights of an earlier step: continue with "
+        "--resume"
+    )
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # the step's metrics are logged before the stop
+    assert not (run / "checkpoints" / "step_2").exists()
+
+
+def test_diverged_but_finite_weights_stop_at_the_next_rollout_naming_the_step(tiny, tmp_path) -> None:
+    """lr 1e37 is finite, so the config takes it; AdamW's first step moves each weight by about 10·lr (finite
+    in float32), and the next forward's logits are NaN. Before: `draw` returned an index past the vocabulary and
+    the run died with an IndexError from torch at step 2."""
+    from arlkit.train.loop import train
+
+    cfg = _tiny_cfg(tiny, tmp_path / "run", "algo.lr=1e37", "train.steps=2")
+    with pytest.raises(ArlkitError) as e:
+        train(cfg, _console())
+    assert str(e.value) == (
+        "training stopped at step 2: the policy's next-token logits are NaN or infinite: its weights have "
+        "diverged (a too-high algo.lr) or the model files hold non-finite values"
+    )
+
+
+def test_nonfinite_parameters_names_each_bad_tensor() -> None:
+    import torch
+
+    from arlkit.train.guards import nonfinite_parameters
+
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    b.requires_grad_(False)  # frozen weights are not the update's doing
+    with torch.no_grad():
+        a.bias[1] = float("nan")
+        b.weight[0, 0] = float("inf")
+    assert nonfinite_parameters([a, None, b]) == ["bias"]

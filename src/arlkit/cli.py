@@ -63,13 +63,13 @@ def summary_table(summary: dict, em_label: str = "EM", stage: str = "RL") -> Tab
     return table
 
 
-def _run(cfg: Config, resume: bool = False) -> dict:
+def _run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     from arlkit.train.loop import train
 
     _quiet_transformers()
     from arlkit.tasks import TASKS
 
-    summary = train(cfg, console, resume=resume)
+    summary = train(cfg, console, resume=resume, overwrite=overwrite)
     if summary.get("rank", 0):  # one table per job, not per process
         return summary
     console.print(summary_table(summary, TASKS.get(cfg.task.name).em_label))
@@ -79,9 +79,10 @@ def _run(cfg: Config, resume: bool = False) -> dict:
 
 @app.command()
 def demo(overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None) -> None:
-    """Build the tiny base if needed, evaluate it, train it with GRPO, evaluate again, print before/after."""
+    """Build the tiny base if needed, evaluate it, train it with GRPO, evaluate again, print before/after.
+    A rerun replaces the previous demo's run folder (runs/demo)."""
     try:
-        _run(_load(DEMO_CONFIG, overrides))
+        _run(_load(DEMO_CONFIG, overrides), overwrite=True)
     except ArlkitError as e:
         _fail(e)
 
@@ -93,10 +94,14 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from the newest complete checkpoint in train.run_dir")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="delete the run train.run_dir holds (logs, checkpoints) first")
+    ] = False,
 ) -> None:
-    """Train with a YAML config plus dotted overrides, e.g. `algo.lr=1e-5 train.steps=50`."""
+    """Train with a YAML config plus dotted overrides, e.g. `algo.lr=1e-5 train.steps=50`. A train.run_dir
+    that holds a run already is refused without --resume or --overwrite."""
     try:
-        _run(_load(config, overrides), resume)
+        _run(_load(config, overrides), resume, overwrite)
     except ArlkitError as e:
         _fail(e)
 
@@ -222,7 +227,9 @@ def eval_cmd(
     overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
     out: Annotated[Path | None, typer.Option(help="also write the metrics as JSON to this file")] = None,
 ) -> None:
-    """Evaluate a policy on held-out questions and print the metrics as JSON."""
+    """Evaluate a policy on held-out questions and print the metrics as JSON. The episodes are kept in a run
+    folder only when the command line names one (train.run_dir=…, a new folder): the train.run_dir of a YAML
+    config is its training run's, whose config.yaml and logs an evaluation must not write over."""
     from arlkit.train.loop import run_eval, setup
 
     _quiet_transformers()
@@ -230,7 +237,9 @@ def eval_cmd(
         extra = [f"model.path={model}"] if model else []
         check_repeated_overrides([*(overrides or []), *extra])  # --model and model.path= conflict
         cfg = load_config(config, [*(overrides or []), *extra, "train.steps=0"])
-        s = setup(cfg, console, for_training=False)  # updates nothing: no optimiser, KL reference, critic
+        keep = any(o.split("=", 1)[0].strip() == "train.run_dir" for o in overrides or [])
+        # updates nothing: no optimiser, KL reference, critic
+        s = setup(cfg, console, for_training=False, run_mode="new" if keep else None)
         metrics = run_eval(s, 0, "eval")
     except ArlkitError as e:
         _fail(e)

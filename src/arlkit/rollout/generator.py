@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 
+from arlkit.errors import ArlkitError
 from arlkit.models.cache_api import returned_cache, with_cache
 
 if TYPE_CHECKING:
@@ -45,6 +46,13 @@ class Generator(Protocol):
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]: ...
 
 
+# else argmax picks an arbitrary token and `draw` an index past the vocabulary (an IndexError steps later)
+NONFINITE_LOGITS = (
+    "the policy's next-token logits are NaN or infinite: its weights have diverged (a too-high algo.lr) or "
+    "the model files hold non-finite values"
+)
+
+
 def sample_next(
     logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -52,8 +60,13 @@ def sample_next(
 
     The recorded logprob and entropy are those of the temperature-scaled distribution before top-p
     truncation, the same distribution the trainer recomputes (verl and vLLM do the same).
+
+    Raises:
+        ArlkitError: a row of NaN or +inf logits (diverged weights): it has no distribution to sample from.
     """
     logits = logits.float()
+    if torch.isnan(logits).any() or torch.isposinf(logits).any():  # -inf is a masked token, not a fault
+        raise ArlkitError(NONFINITE_LOGITS)
     if temperature <= 0:
         logp = F.log_softmax(logits, dim=-1)
         ids = logits.argmax(-1)

@@ -3,6 +3,9 @@
 - An optimiser step whose loss or gradient norm is not finite is skipped (train/update.py); a step with a
   skipped update is a bad step, and `train.max_bad_steps` bad steps in a row stop the run with an ArlkitError
   after checkpointing: the skipped updates never touched the weights, so they are the last good ones.
+- An optimiser step with a finite gradient can still leave non-finite weights (a huge algo.lr overflows
+  Adam's update); no later step can repair them, so the run stops at once, naming the step and a tensor,
+  and the newest checkpoint holds the weights from before it.
 - An episode whose environment raised (a bug in env code, not a failed tool call, which is an observation)
   ends with `metadata["env_error"]` (rollout/engine.py) and is left out of the update and of its group's
   statistics, so one bad row never kills a run.
@@ -14,7 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from arlkit.errors import ArlkitError
+from arlkit.train.distributed import Dist, global_sum
 from arlkit.trajectory import Trajectory
 
 SKIP_KEYS = ("actor/skipped_updates", "critic/skipped_updates")  # counted by train/update.py
@@ -51,6 +57,43 @@ def divergence_error(state: TrainState, max_bad_steps: int, checkpoint: Path) ->
         f"gradient (train.max_bad_steps={max_bad_steps}); their updates were skipped, so the last good "
         f"weights are in {checkpoint}. Lower algo.lr (or algo.grad_clip), check the rewards, then "
         "continue with --resume"
+    )
+
+
+def nonfinite_parameters(modules: Sequence[torch.nn.Module | None]) -> list[str]:
+    """Names of the trainable parameters (this rank's shards under FSDP) that hold a NaN or an infinity; one
+    device sync for all of them."""
+    named = [(n, p) for m in modules if m is not None for n, p in m.named_parameters() if p.requires_grad]
+    if not named:
+        return []
+    local = [p.to_local() if hasattr(p, "to_local") else p for _, p in named]  # FSDP2: DTensor shards
+    finite = torch.stack([torch.isfinite(p.detach()).all() for p in local]).tolist()
+    return [n for (n, _), ok in zip(named, finite, strict=True) if not ok]
+
+
+def check_finite_weights(
+    modules: Sequence[torch.nn.Module | None], step: int, lr: float, checkpoints: Path, dist: Dist
+) -> None:
+    """Stop the run when step `step` left a trainable weight non-finite (every rank takes part).
+
+    Raises:
+        ArlkitError: naming the step, a tensor, algo.lr and the checkpoint to resume from.
+    """
+    bad = nonfinite_parameters(modules)
+    if not global_sum(float(len(bad)), dist):
+        return
+    from arlkit.train.checkpoint import latest_checkpoint  # here: checkpoint.py imports this module
+
+    last = latest_checkpoint(checkpoints)
+    where = f"{bad[0]} and {len(bad) - 1} more tensors" if bad else "on another rank"
+    then = (
+        f"the newest checkpoint, {last}, holds the weights of an earlier step: continue with --resume"
+        if last
+        else "no checkpoint was written before it (train.save_every sets how often)"
+    )
+    raise ArlkitError(
+        f"training stopped at step {step}: its optimiser step left non-finite weights ({where}), which no "
+        f"later step can repair. Lower algo.lr ({lr:g}) or algo.grad_clip; {then}"
     )
 
 

@@ -14,6 +14,7 @@ from arlkit.algos.advantages import ADVANTAGES, AdvantageInputs, AdvantageParams
 from arlkit.algos.kl import KL_ESTIMATORS
 from arlkit.algos.shaping import overlong_penalty, varied_groups
 from arlkit.config import Config
+from arlkit.errors import ArlkitError
 from arlkit.eval.evaluate import evaluate
 from arlkit.eval.plots import plot_curves
 from arlkit.models.precision import autocast
@@ -31,7 +32,12 @@ from arlkit.train.distributed import (
     shutdown,
 )
 from arlkit.train.filters import Filtered, post_tool, tao_filter
-from arlkit.train.guards import env_error_metrics, observe_step, without_env_errors
+from arlkit.train.guards import (
+    check_finite_weights,
+    env_error_metrics,
+    observe_step,
+    without_env_errors,
+)
 from arlkit.train.setup import Setup, progress, setup
 from arlkit.train.shapers import Shaper, TaoEntropyShaper
 from arlkit.train.update import UpdateBatch, batch_logprobs, batch_values, update
@@ -225,9 +231,9 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
         s.sampler.refresh(s.policy.model)
     t3 = time.perf_counter()
     metrics = behaviour | step_metrics(trajs, data, stats.actor, stats.critic)
+    metrics |= s.sampler.metrics() if hasattr(s.sampler, "metrics") else {}
     metrics.update(
         {
-    metrics |= s.sampler.metrics() if hasattr(s.sampler, "metrics") else {}
             "rollout/sampling_rounds": got.rounds,
             "rollout/groups_dropped": got.groups_dropped,
             "actor/lr": s.opts.actor_schedule.get_last_lr()[0],
@@ -294,12 +300,23 @@ def step_metrics(
     return metrics
 
 
-def train(cfg: Config, console: Console | None = None, resume: bool = False) -> dict[str, Any]:
+def train(
+    cfg: Config, console: Console | None = None, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     """Run RL as configured; evaluates before and after. Returns the summary also written to summary.json.
-    `resume`: continue from the run folder's newest complete checkpoint (train/checkpoint.py)."""
+    `resume`: continue from the run folder's newest complete checkpoint (train/checkpoint.py); `overwrite`:
+    delete the run the folder holds first. Without either, a folder that holds a run is refused.
+
+    Raises:
+        ArlkitError: both flags, or a run folder that holds a run without either (and what `setup` raises).
+    """
+    if resume and overwrite:
+        raise ArlkitError("--resume continues the run in train.run_dir, --overwrite deletes it: give one")
     console = console or Console()
     t_start = time.perf_counter()
-    s = setup(cfg, console)
+    s = setup(cfg, console, run_mode="resume" if resume else "overwrite" if overwrite else "new")
+    if overwrite and s.dist.is_main and s.run.cleared:
+        console.print(f"--overwrite: deleted the previous run's {', '.join(s.run.cleared)} in {s.run.path}")
     console = console if s.dist.is_main else Console(quiet=True)
     console.print(f"[bold]run folder[/] {s.run.path}  ·  held-out questions: {len(s.eval_rows)}")
     state = resume_or_start(s, console, resume)
@@ -314,10 +331,15 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False) -> 
     with progress(console) as prog:
         bar = prog.add_task("RL", total=cfg.train.steps, info="", completed=state.step)
         for step in range(state.step + 1, cfg.train.steps + 1):
-            metrics = train_step(s, step)
+            try:
+                metrics = train_step(s, step)
+            except ArlkitError as e:  # e.g. the sampler met the non-finite logits of diverged weights
+                raise ArlkitError(f"training stopped at step {step}: {e}") from None
             metrics |= observe_step(state, metrics)
             state.step = step
             s.run.log(step, metrics)
+            weights = (s.policy.trained, s.policy.value_head, s.policy.critic)
+            check_finite_weights(weights, step, cfg.algo.lr, s.run.path / "checkpoints", s.dist)
             sampled += metrics.get("rollout/sampled_tokens", 0.0)
             nan = float("nan")  # a step whose every episode crashed has no rollout metrics
             info = (

@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from arlkit.config import Config, _deep_merge
+from arlkit.errors import ArlkitError
 from arlkit.train.memory import peak_rss_mb, reset_peak_rss
 
 
@@ -30,11 +31,15 @@ def stage_config(cfg: Config, patch: dict[str, Any]) -> Config:
 def run_recipe(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     """SFT then RL as `cfg` says; returns the summary also written to `<run_dir>/recipe.json`."""
     from arlkit.train.loop import train
-    from arlkit.train.run_dir import RunDir
+    from arlkit.train.run_dir import RunDir, held_run
     from arlkit.train.sft_run import run_sft
 
     console = console or Console()
     root = Path(cfg.train.run_dir).expanduser().resolve()
+    held = {stage: held_run(root / stage) for stage in ("sft", "rl") if (root / stage).is_dir()}
+    if any(held.values()):  # found before the SFT stage spends its minutes, not after
+        found = "; ".join(f"{stage}/: {', '.join(h)}" for stage, h in held.items() if h)
+        raise ArlkitError(f"train.run_dir {str(root)!r} already holds a recipe run ({found}); give another")
     t0 = time.perf_counter()
     sft_patch: dict[str, Any] = {"train": {"run_dir": str(root / "sft"), "eval_base": True}}
     if not cfg.sft.lora:

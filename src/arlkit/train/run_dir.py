@@ -1,18 +1,63 @@
-"""The run folder: resolved config, metrics.jsonl, TensorBoard events, samples, checkpoints and plots."""
+"""The run folder: resolved config, metrics.jsonl, TensorBoard events, samples, checkpoints and plots.
+
+A folder holds one run. `RunDir` locks it (run_lock.py) so that a second process cannot write into it
+while the first runs, and, asked to start a new run (`mode="new"`), refuses a folder that already holds
+one rather than appending to its logs and replacing its checkpoints.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import yaml
 
 from arlkit.errors import ArlkitError
+from arlkit.train.run_lock import lock_folder, unlock_folder
 from arlkit.trajectory import Trajectory, json_floats
 from arlkit.viewer.tokens import token_pieces
+
+# new: refuse a folder that holds a run; resume: continue the one it holds; overwrite: delete it first;
+# append: write beside whatever is there (SFT stages, analyses, tests that build a Setup by hand)
+RunMode = Literal["new", "resume", "overwrite", "append"]
+# what a run writes that another run would append to or replace (not config.yaml and tensorboard/, which a
+# run writes before its first step, so a failed start does not count as a run)
+RUN_ARTEFACTS = ("metrics.jsonl", "summary.json", "checkpoints")
+# what --overwrite deletes: every file a run writes, and nothing else the user may keep in the folder
+OVERWRITTEN = (*RUN_ARTEFACTS, "config.yaml", "tensorboard", "curves.png", "inspect.html")
+
+
+def held_run(path: Path) -> list[str]:
+    """What in the folder shows a run was there (empty: none was)."""
+    found = []
+    metrics = path / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size:
+        found.append(f"metrics.jsonl up to step {_last_step(metrics)}")
+    ckpts = sorted(p.name for p in (path / "checkpoints").glob("*") if not p.name.startswith("."))
+    if ckpts:
+        found.append(f"checkpoints {', '.join(ckpts)}")
+    if (path / "summary.json").is_file():
+        found.append("summary.json")
+    return found
+
+
+def _last_step(metrics: Path) -> str:
+    try:
+        return str(json.loads(metrics.read_text().splitlines()[-1])["step"])
+    except (ValueError, KeyError, IndexError, TypeError):  # a row cut short by a kill: still a run
+        return "?"
+
+
+def clear_run(path: Path) -> list[str]:
+    """Delete a previous run's files (OVERWRITTEN and the *.jsonl logs); returns their names."""
+    gone = [p for p in (*(path / n for n in OVERWRITTEN), *path.glob("*.jsonl")) if p.exists()]
+    for p in dict.fromkeys(gone):
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return sorted({p.name for p in gone})
 
 
 class MetricLogger(Protocol):
@@ -26,15 +71,40 @@ class MetricLogger(Protocol):
 class RunDir:
     """Writes everything a run produces under one folder; metrics are namespaced `section/name`."""
 
-    def __init__(self, path: str | Path, tensorboard: bool = True, loggers: Sequence[MetricLogger] = ()):
+    def __init__(
+        self,
+        path: str | Path,
+        tensorboard: bool = True,
+        loggers: Sequence[MetricLogger] = (),
+        mode: RunMode = "append",
+    ):
+        """Open (and lock) the run folder `path`; `mode` says what to do with a run it holds already.
+
+        Raises:
+            ArlkitError: the path is a file or cannot be created, another process holds the folder, or (mode
+                "new") the folder holds a run already.
+        """
         self.path = Path(path)
         self.loggers = tuple(loggers)  # more sinks for the same metrics (Weights & Biases, train/loggers.py)
         if self.path.exists() and not self.path.is_dir():
             raise ArlkitError(f"train.run_dir {str(self.path)!r} is a file; give a folder (new or a run's)")
         try:
-            (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:  # permissions, a read-only disk, a parent that is a file
             raise ArlkitError(f"cannot create the run folder train.run_dir {str(self.path)!r}: {e}") from None
+        lock_folder(self.path)  # before looking at what the folder holds: another run may be writing it
+        self.cleared: list[str] = []  # what mode "overwrite" deleted
+        held = held_run(self.path)
+        if mode == "new" and held:
+            unlock_folder(self.path)
+            raise ArlkitError(
+                f"train.run_dir {str(self.path)!r} already holds a run ({'; '.join(held)}): continue it with "
+                "--resume, replace it with --overwrite (deletes its logs and checkpoints), or give another "
+                "train.run_dir"
+            )
+        if mode == "overwrite":
+            self.cleared = clear_run(self.path)
+        (self.path / "checkpoints").mkdir(exist_ok=True)
         self._tb = self._tensorboard() if tensorboard else None
 
     def _tensorboard(self, purge_step: int | None = None) -> Any:
@@ -118,3 +188,4 @@ class RunDir:
             self._tb.close()
         for logger in self.loggers:
             logger.close()
+        unlock_folder(self.path)

@@ -42,7 +42,7 @@ from arlkit.train.distributed import (
 from arlkit.train.fsdp import check_supported as check_fsdp_supported
 from arlkit.train.fsdp import shard_for_training
 from arlkit.train.loggers import build_loggers
-from arlkit.train.run_dir import RunDir
+from arlkit.train.run_dir import RunDir, RunMode
 from arlkit.train.update import Optimisers
 
 
@@ -204,9 +204,13 @@ def build_optimisers(cfg: Config, policy: Policy) -> Optimisers:
     return Optimisers(actor, sched, critic, critic_sched)
 
 
-def setup(cfg: Config, console: Console, for_training: bool = True) -> Setup:
-    """The run's Setup; `for_training=False` (arlkit eval) builds no optimiser (`opts` is None) and none of
-    what only an update uses (see `build_policy`). Local model paths are made absolute first."""
+def setup(
+    cfg: Config, console: Console, for_training: bool = True, run_mode: RunMode | None = "append"
+) -> Setup:
+    """The run's Setup; `for_training=False` (arlkit eval) builds no optimiser (`opts` is None), no training
+    prompts and none of what only an update uses (see `build_policy`). Local model paths are made absolute
+    first. `run_mode`: what to do with a run the folder holds already (train/run_dir.py), checked before the
+    model loads; None writes no run folder (an evaluation that was not asked to keep one)."""
     cfg = with_absolute_paths(cfg)
     torch.manual_seed(cfg.train.seed)
     if cfg.train.threads:
@@ -215,6 +219,10 @@ def setup(cfg: Config, console: Console, for_training: bool = True) -> Setup:
     if dist.fsdp:
         check_fsdp_supported(cfg)
     check_divisible(cfg.rollout.prompts_per_step, dist)
+    writes = dist.is_main and run_mode is not None
+    run = RunDir(cfg.train.run_dir, mode=run_mode) if writes else QuietRunDir(cfg.train.run_dir)
+    run.loggers = tuple(build_loggers(cfg, run.path)) if writes else ()
+    run.write_config(cfg.model_dump())
     with main_first(dist):  # one rank fills shared caches (the tiny base, indexes), the others then read them
         task = build_task(cfg)
         path = resolve_model_path(cfg, task, console)
@@ -227,12 +235,11 @@ def setup(cfg: Config, console: Console, for_training: bool = True) -> Setup:
             console.print(
                 f"FSDP: trained weights, gradients and optimiser state sharded over {dist.world_size} ranks"
             )
-    run = RunDir(cfg.train.run_dir) if dist.is_main else QuietRunDir(cfg.train.run_dir)
-    run.loggers = tuple(build_loggers(cfg, run.path)) if dist.is_main else ()
-    run.write_config(cfg.model_dump())
     # enough distinct prompts for every step even when dynamic sampling draws extra rounds
     rounds = cfg.algo.max_sampling_rounds if cfg.algo.dynamic_sampling else 1
     n_train = max(cfg.train.steps, 1) * cfg.rollout.prompts_per_step * rounds
+    # an evaluation needs no training prompts, and an eval-only task (task.train_file unset) has none
+    train_rows = task.rows(cfg.task.train_split, n_train, seed=cfg.train.seed + 1000) if for_training else []
     if cfg.rollout.backend == "vllm":
         if dist.enabled:
             raise ArlkitError("rollout.backend vllm runs with one trainer process; launch without torchrun")
@@ -258,7 +265,7 @@ def setup(cfg: Config, console: Console, for_training: bool = True) -> Setup:
         generator=generator,
         opts=build_optimisers(cfg, policy) if for_training else None,
         run=run,
-        train_rows=task.rows(cfg.task.train_split, n_train, seed=cfg.train.seed + 1000),
+        train_rows=train_rows,
         eval_rows=task.rows("heldout", cfg.task.n_eval, seed=cfg.task.eval_seed),
         rng=torch.Generator().manual_seed(cfg.train.seed),
         dist=dist,
