@@ -361,6 +361,10 @@ class TaoConfig(_Section):
     entropy_shaping: bool = True  # Ã = A·(1 + α·z(H)) per micro-batch
     alpha: float = Field(0.01, ge=0)
     tool_aware_only: bool = True  # shape post-tool tokens only (the paper); False: every generated token
+    # "paper" (default); "code": the released trainer's rules too — overlong rollouts of kept groups take no
+    # loss, kept groups are repeated (each copy its own group) back to the step's number of groups, and a
+    # micro-batch without post-tool tokens shapes all of its tokens
+    reading: Literal["paper", "code"] = "paper"
 
 
 class BranchingConfig(_Section):
@@ -377,7 +381,8 @@ class BranchingConfig(_Section):
 
     mode: Literal["none", "appo", "arpo"] = "none"
     branches: int = Field(8, ge=0)  # branch rollouts per prompt: APPO's B = n − n_initial, ARPO's M − N
-    per_point: int | None = Field(None, gt=0)  # rollouts per branch point; None: APPO 1, ARPO 2 (its beam)
+    # rollouts per branch point; None: APPO 1, ARPO 2 (the paper's beam), or 1 with arpo_reading "code"
+    per_point: int | None = Field(None, gt=0)
     # APPO's Ω_t = clip(exp(Σ_{j≥t} γ^{j−t}(log π_cur − log π_rollout)), 1 ± omega_clip)
     omega_gamma: float = Field(1.0, ge=0, le=1)
     omega_clip: float = Field(0.2, ge=0, lt=1)
@@ -389,10 +394,18 @@ class BranchingConfig(_Section):
     arpo_k: int = Field(20, gt=0)  # ARPO: tokens after a tool response whose mean entropy is measured
     arpo_p: float = Field(0.5, ge=0, le=1)  # ARPO: branch when U − w·ΔH ≤ p
     arpo_w: float = Field(0.2, ge=0)
+    # "paper" (default) or "code", the authors' released code (docs/methods.md). APPO code: the future-KL factor
+    # of A < 0 tokens with ratio > 6 is capped after the [1, max] clip (f ≡ 1), dual-group std is the
+    # population one. ARPO code: beam_size − 1 = 1 rollout per fired point; ΔH from the summed entropy of the
+    # first arpo_k tokens of the turn that made the call, ÷ log|V|, minus the first turn's
+    appo_reading: Literal["paper", "code"] = "paper"
+    arpo_reading: Literal["paper", "code"] = "paper"
 
     @property
     def branches_per_point(self) -> int:
-        return self.per_point or (1 if self.mode == "appo" else 2)
+        if self.per_point:
+            return self.per_point
+        return 2 if self.mode == "arpo" and self.arpo_reading == "paper" else 1
 
 
 class TrainConfig(_Section):
@@ -531,6 +544,12 @@ class Config(_Section):
                 f"rollout.n: advantage {self.algo.advantage!r} compares each rollout with the others of its "
                 "prompt's group; with rollout.n 1 every advantage is 0 and nothing trains. Set rollout.n to 2 "
                 "or more, or use an estimator without groups (reinforce_pp, remax, gae)"
+            )
+        tao_copies = self.tao.enabled and self.tao.reading == "code"
+        if tao_copies and (self.branching.mode != "none" or self.algo.advantage == "remax"):
+            raise ValueError(
+                "tao.reading: 'code' repeats kept groups as groups of their own, which branched rollouts and "
+                "remax's greedy baseline (one per prompt) do not follow; use tao.reading 'paper' with them"
             )
         if self.branching.mode == "appo" and self.algo.advantage != "grpo":
             raise ValueError(

@@ -63,16 +63,19 @@ class AdvantageOutput:
 ADVANTAGES: Registry = Registry("advantage estimator")
 
 
-def group_stats(scores: torch.Tensor, group_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row mean and (unbiased) std of its group's scores. scores, group_index: (B,) -> (B,), (B,).
+def group_stats(
+    scores: torch.Tensor, group_index: torch.Tensor, *, unbiased: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row mean and std of its group's scores. scores, group_index: (B,) -> (B,), (B,).
 
-    A group of one has std 0.
+    std is the unbiased sample std (divisor G − 1, torch.std's default), or the population std (divisor G)
+    with `unbiased=False`. A group of one has std 0.
     """
     n_groups = int(group_index.max()) + 1
     count = torch.zeros(n_groups).index_add_(0, group_index, torch.ones_like(scores))
     mean = torch.zeros(n_groups).index_add_(0, group_index, scores) / count
     sq = torch.zeros(n_groups).index_add_(0, group_index, (scores - mean[group_index]) ** 2)
-    std = (sq / (count - 1).clamp(min=1)).sqrt()
+    std = (sq / (count - 1 if unbiased else count).clamp(min=1)).sqrt()
     return mean[group_index], std[group_index]
 
 

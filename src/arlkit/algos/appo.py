@@ -100,6 +100,7 @@ def dual_group_advantages(
     loss_mask: torch.Tensor,
     *,
     eps: float = 1e-6,
+    population_std: bool = False,
 ) -> DualGroupAdvantages:
     """APPO's credit. scores, group_index, is_branch, parent, branch_pos: (B,); loss_mask: (B, T).
 
@@ -108,10 +109,15 @@ def dual_group_advantages(
     rollout's prefix token p gets the mean advantage of its branches whose prefix contains p (branch_pos ≥ p)
     added to its own advantage (with one branch point this is "the mean advantage of the rollout's
     branches on its prefix tokens ≤ t").
+
+    The std is GRPO's unbiased one (the paper says "GRPO-normalised"); the authors' released code
+    (`compute_appo_advantage`) divides by the population std, `population_std=True` — at n = 8 ours are
+    √(7/8) ≈ 0.935 times its advantages.
     """
     B, T = loss_mask.shape
     dual_group = group_index * 2 + is_branch.long()  # (B,) initial and branch rows of a prompt apart
-    mean, std = group_stats(scores, torch.unique(dual_group, return_inverse=True)[1])
+    dense = torch.unique(dual_group, return_inverse=True)[1]
+    mean, std = group_stats(scores, dense, unbiased=not population_std)
     adv_row = (scores - mean) / (std + eps)
     credit_sum = torch.zeros(B, T)
     credit_n = torch.zeros(B, T)
@@ -174,6 +180,7 @@ def future_kl_scaling(
     neg_ratio: float = 6.0,
     neg_range: tuple[float, float] = (0.8, 1.0),
     dual_clip: float = 3.0,
+    neg_after_clip: bool = False,
 ) -> FutureKLResult:
     """Procedure-level advantage scaling ("future KL", FIPO arXiv 2603.19835, as APPO uses it).
 
@@ -181,6 +188,10 @@ def future_kl_scaling(
     FutureKL_t = Σ_{k≥t} γ^{k−t} Δ_k; f_t = clip(exp(FutureKL_t), 1, f_max), except for A < 0 with ratio > 6
     where f_t = clip(exp(FutureKL_t), 0.8, 1); Ã_t = A_t·(1 + f_t). Sequences with more than one
     dual-clipped negative token (A < 0, ratio > dual_clip) are dropped. All (B, T).
+
+    `neg_after_clip=True` is the authors' released code (`compute_policy_loss_future_kl`): it clips every f to
+    [1, f_max] first and then the A < 0, ratio > 6 tokens to [0.8, 1], so those end at f ≡ 1; the default
+    applies [0.8, 1] to the raw exp(FutureKL), as the paper's text reads.
 
     Note the literal formula: on policy (Δ ≡ 0) f ≡ 1 and Ã = 2A — a uniform scale, as METHODS.md writes it.
     """
@@ -190,6 +201,7 @@ def future_kl_scaling(
     e = future.clamp(max=20.0).exp()
     ratio = delta.clamp(max=20.0).exp()
     neg_big = (advantages < 0) & (ratio > neg_ratio)
-    f = torch.where(neg_big, e.clamp(*neg_range), e.clamp(1.0, f_max))
+    clipped = e.clamp(1.0, f_max)
+    f = torch.where(neg_big, (clipped if neg_after_clip else e).clamp(*neg_range), clipped)
     dual_clipped = ((advantages < 0) & (ratio > dual_clip) & (mask > 0)).sum(-1)
     return FutureKLResult(advantages * (1.0 + f) * mask, dual_clipped <= 1, f * mask)

@@ -97,12 +97,15 @@ def entropy_shaping(
     *,
     alpha: float = 0.01,
     tool_aware_only: bool = True,
+    fallback_all: bool = False,
 ) -> torch.Tensor:
     """Ã_t = A_t · (1 + α · z(H_t)) on post-tool tokens (all valid tokens if not `tool_aware_only`).
 
     z is the z-score of the entropy over all valid tokens of the given (micro-)batch. H is detached here: the
     released code does not detach it, so the shaping factor would carry a gradient; we treat it as a
-    weight, which is what the paper's equation describes. All inputs (B, T); returns (B, T).
+    weight, which is what the paper's equation describes. `fallback_all` is the released code's rule for a
+    micro-batch without any post-tool token: it shapes every valid token instead (the paper shapes none).
+    All inputs (B, T); returns (B, T).
     """
     h = entropies.detach()
     n = valid_mask.sum().clamp(min=1.0)
@@ -110,4 +113,6 @@ def entropy_shaping(
     std = (((h - mean) * valid_mask) ** 2).sum().div(n).sqrt().clamp(min=1e-8)
     z = (h - mean) / std
     where = post_tool if tool_aware_only else valid_mask
+    if fallback_all and float((where * valid_mask).sum()) == 0:
+        where = valid_mask
     return advantages * (1.0 + alpha * z * where)

@@ -14,12 +14,14 @@ import random
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from arlkit.algos.appo import BranchScores, branching_scores, omega, select_branch_points
 from arlkit.trajectory import GENERATED_ROLES, Trajectory
+
+ArpoReading = Literal["paper", "code"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,36 @@ def first_tokens_entropy(traj: Trajectory, turn: int, k: int) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
+def segment_entropy(traj: Trajectory, turn: int, k: int, vocab_size: int) -> float:
+    """ARPO's released code: the per-token entropies of the first ≤ k generated tokens of a turn, summed (not
+    averaged) and divided by log|V|; 0 if the turn generated none (as its `_calc_entropy` of no logprobs)."""
+    rec = traj.turns[turn]
+    vals = [e for e in traj.entropies[rec.start : min(rec.end, rec.start + k)] if not math.isnan(e)]
+    return sum(vals) / math.log(vocab_size)
+
+
+def arpo_delta_entropy(
+    traj: Trajectory, turn: int, k: int, reading: ArpoReading, vocab_size: int | None = None
+) -> float:
+    """ΔH deciding a branch at the start of `turn` (which follows a turn with a tool call); NaN: no decision.
+
+    "paper": (H_turn − H_0) / H_0, H the mean entropy of the first k tokens generated after the tool response
+    (the normalisation by H_0 is our reading of "normalised"). "code" (the released rollout,
+    `vllm_rollout_with_tools.py`): S_{turn−1} − S_0 with S the `segment_entropy` of the segment that ended in
+    the call — the entropy is measured before the tool response, and S_0 − S_0 = 0 after the first call.
+    The released code's per-token term is −Σ p·log p over vLLM's top-10 logprobs; here it is the entropy the
+    sampler recorded (the full distribution on arlkit's engine; vLLM's top-k with `rollout.vllm.entropy_top_k`).
+    """
+    if reading == "code":
+        if vocab_size is None:
+            raise ValueError(
+                "arpo reading 'code' needs the vocabulary size (its entropy is divided by log|V|)"
+            )
+        return segment_entropy(traj, turn - 1, k, vocab_size) - segment_entropy(traj, 0, k, vocab_size)
+    h0 = first_tokens_entropy(traj, 0, k)
+    return (first_tokens_entropy(traj, turn, k) - h0) / max(h0, 1e-8)
+
+
 def arpo_plan(
     trajs: Sequence[Trajectory],
     budget: int,
@@ -102,22 +134,22 @@ def arpo_plan(
     p: float = 0.5,
     w: float = 0.2,
     beam: int = 2,
+    reading: ArpoReading = "paper",
+    vocab_size: int | None = None,
 ) -> list[BranchPoint]:
-    """ARPO (arXiv 2507.19849): after each tool response, ΔH = (H − H_initial) / H_initial, with H the mean
-    entropy of the first k tokens generated after it and H_initial that of the first response; branch
-    (`beam` copies resuming at the start of that turn) when U − w·ΔH ≤ p, U ~ Uniform(0, 1) — the released
-    code's rule. The normalisation by H_initial is our reading of "normalised". Branches stop when a
-    prompt's budget (M − N rollouts) is spent."""
+    """ARPO (arXiv 2507.19849): after each tool response, branch (`beam` copies resuming at the start of the
+    turn after it) when U − w·ΔH ≤ p, U ~ Uniform(0, 1) — the released code's rule; ΔH as
+    `arpo_delta_entropy` computes it for `reading`. Branches stop when a prompt's budget (M − N rollouts) is
+    spent."""
     spent: dict[int, int] = {}
     plan: list[BranchPoint] = []
     for i, t in enumerate(trajs):
-        if not t.turns:
-            continue
-        h0 = first_tokens_entropy(t, 0, k)
+        if not t.turns or (reading == "paper" and math.isnan(first_tokens_entropy(t, 0, k))):
+            continue  # no first response to compare with
         for j in range(1, len(t.turns)):
-            if not t.turns[j - 1].calls or math.isnan(h0):
+            if not t.turns[j - 1].calls:
                 continue  # only turns that follow a tool response
-            dh = (first_tokens_entropy(t, j, k) - h0) / max(h0, 1e-8)
+            dh = arpo_delta_entropy(t, j, k, reading, vocab_size)
             u = rng.random()
             if math.isnan(dh) or u - w * dh > p:
                 continue

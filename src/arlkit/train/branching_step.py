@@ -91,7 +91,17 @@ def _plan(s: Setup, trajs: list[Trajectory], step: int) -> tuple[list[BranchPoin
         )
         return [p for p in points for _ in range(k)], scores.omega_degenerate
     rng = random.Random(s.cfg.train.seed * 1_000_003 + step)  # ARPO's U ~ Uniform(0, 1), reproducible
-    plan = arpo_plan(trajs, cfg.branches, rng, k=cfg.arpo_k, p=cfg.arpo_p, w=cfg.arpo_w, beam=k)
+    plan = arpo_plan(
+        trajs,
+        cfg.branches,
+        rng,
+        k=cfg.arpo_k,
+        p=cfg.arpo_p,
+        w=cfg.arpo_w,
+        beam=k,
+        reading=cfg.arpo_reading,
+        vocab_size=len(s.policy.tokenizer.get_vocab()),
+    )
     return plan, False
 
 
@@ -201,7 +211,15 @@ def branch_advantages(cfg: BranchingConfig, data: UpdateBatch, tree: Tree) -> Up
     ]
     generated = loss_mask_from_roles(b.roles)  # the advantage's own mask; loss weights apply in the loss
     rewards = reward_scaling(b.token_rewards, generated, points, decay=cfg.reward_decay)
-    res = dual_group_advantages(rewards.sum(-1), b.group_index, is_branch, parent, pos, generated)
+    res = dual_group_advantages(
+        rewards.sum(-1),
+        b.group_index,
+        is_branch,
+        parent,
+        pos,
+        generated,
+        population_std=cfg.appo_reading == "code",
+    )
     return replace(data, advantages=res.advantages)
 
 
@@ -209,4 +227,5 @@ def branch_shapers(cfg: BranchingConfig) -> tuple[Shaper, ...]:
     """APPO's procedure-level advantage scaling, applied per micro-batch in the update."""
     if cfg.mode != "appo" or not cfg.future_kl:
         return ()
-    return (FutureKLShaper(cfg.future_kl_gamma, cfg.future_kl_max, cfg.future_kl_dual_clip),)
+    code = cfg.appo_reading == "code"
+    return (FutureKLShaper(cfg.future_kl_gamma, cfg.future_kl_max, cfg.future_kl_dual_clip, code),)

@@ -6,7 +6,7 @@ Thin glue between Trajectories and the pure tensor rules of `algos/tao.py`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -55,7 +55,28 @@ def tao_filter(trajs: Sequence[Trajectory], cfg: TaoConfig) -> Filtered:
         stats["weighted_trajs"] = float((weights < 1).sum())
     kept = [i for i in range(len(trajs)) if keep[i]]
     stats["groups_kept"] = float(len({trajs[i].group_id for i in kept}))
-    return Filtered([trajs[i] for i in kept], [float(weights[i]) for i in kept], stats)
+    out = Filtered([trajs[i] for i in kept], [float(weights[i]) for i in kept], stats)
+    return released_code_rules(out, len(dense)) if cfg.reading == "code" else out
+
+
+def released_code_rules(kept: Filtered, want: int) -> Filtered:
+    """TAO-RL's released trainer after its filters (`remove_clip`): an overlong rollout of a kept group takes
+    no loss (its reward still counts in its group's advantage), and the kept groups are repeated — each copy
+    a group of its own, as `repeat_with_uid_suffix` — until the step has `want` groups again. Copies are taken
+    in the kept groups' order; the released code repeats the batch and keeps a random subset of groups, which
+    gives each group the same count (⌊want/k⌋ or ⌈want/k⌉) in a random assignment."""
+    weights = [0.0 if t.overlong else w for t, w in zip(kept.trajectories, kept.loss_weights, strict=True)]
+    stats = kept.stats | {"zeroed_overlong": float(sum(t.overlong for t in kept.trajectories))}
+    groups = list(dict.fromkeys(t.group_id for t in kept.trajectories))
+    trajs = list(kept.trajectories)
+    next_id = max(groups, default=0) + 1  # copies need ids no group of this batch has
+    for c in range(want - len(groups) if groups else 0):
+        g = groups[c % len(groups)]
+        rows = [i for i, t in enumerate(kept.trajectories) if t.group_id == g]
+        trajs += [replace(kept.trajectories[i], group_id=next_id + c) for i in rows]
+        weights += [weights[i] for i in rows]
+    stats["repeated_groups"] = float(max(want - len(groups), 0) if groups else 0)
+    return Filtered(trajs, weights, stats)
 
 
 def post_tool(batch: Batch, trajs: Sequence[Trajectory]) -> torch.Tensor:

@@ -268,7 +268,8 @@ def build_shapers(
     shapers: list[Shaper] = []
     tao = s.cfg.tao
     if tao.enabled and tao.entropy_shaping:
-        shapers.append(TaoEntropyShaper(post_tool(batch, trajs), tao.alpha, tao.tool_aware_only))
+        code = tao.reading == "code"
+        shapers.append(TaoEntropyShaper(post_tool(batch, trajs), tao.alpha, tao.tool_aware_only, code))
     return tuple(shapers) + (branch_shapers(s.cfg.branching) if tree else ())
 
 

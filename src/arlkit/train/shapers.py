@@ -46,15 +46,24 @@ class TaoEntropyShaper:
     post_tool: torch.Tensor  # (B, T) of the whole step's batch, on CPU
     alpha: float = 0.01
     tool_aware_only: bool = True
+    fallback_all: bool = False  # TAO-RL's released code: no post-tool token in the micro-batch shapes all
 
     def __call__(self, mb: MicroBatch) -> Shaped:
         t = mb.advantages.shape[1]
         post = self.post_tool[mb.rows][:, :t].to(mb.advantages.device)
         valid = (mb.loss_mask > 0).float()
         adv = entropy_shaping(
-            mb.advantages, mb.entropies, valid, post, alpha=self.alpha, tool_aware_only=self.tool_aware_only
+            mb.advantages,
+            mb.entropies,
+            valid,
+            post,
+            alpha=self.alpha,
+            tool_aware_only=self.tool_aware_only,
+            fallback_all=self.fallback_all,
         )
         scope = post if self.tool_aware_only else valid
+        if self.fallback_all and float((scope * valid).sum()) == 0:
+            scope = valid
         n = valid.sum().clamp(min=1.0)
         stats = {
             "tao/shaped_token_share": float((scope * valid).sum() / n),
@@ -68,6 +77,7 @@ class FutureKLShaper:
     gamma: float = 2 ** (-1 / 64)
     f_max: float = 1.2
     dual_clip: float = 3.0
+    neg_after_clip: bool = False  # APPO's released code: f ≡ 1 on A < 0 tokens with ratio > 6
 
     def __call__(self, mb: MicroBatch) -> Shaped:
         res = future_kl_scaling(
@@ -78,6 +88,7 @@ class FutureKLShaper:
             gamma=self.gamma,
             f_max=self.f_max,
             dual_clip=self.dual_clip,
+            neg_after_clip=self.neg_after_clip,
         )
         mask = mb.loss_mask * res.row_keep[:, None].float()
         valid = (mb.loss_mask > 0).float()
