@@ -361,3 +361,39 @@ def test_nonfinite_parameters_names_each_bad_tensor() -> None:
         a.bias[1] = float("nan")
         b.weight[0, 0] = float("inf")
     assert nonfinite_parameters([a, None, b]) == ["bias"]
+
+
+def test_eval_of_an_eval_only_config_writes_no_run_folder_unless_asked(tiny, tmp_path) -> None:
+    """`task.train_file` unset is documented as "evaluation only": arlkit eval must not ask the task for a
+    train split, nor create runs/default unasked, nor write over a training run's folder."""
+    import json
+
+    import yaml
+
+    rows = [{"question": f"Who is {n}?", "answer": n, "paragraphs": [[n, f"{n} is {n}."]]} for n in "ab"]
+    (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {
+        "model": {"path": str(tiny.model_dir)},
+        "task": {"name": "qa_files", "eval_file": "dev.jsonl", "n_eval": 2, "max_turns": 2},
+        "rollout": {"max_new_tokens": 8},
+        "train": {
+            "device": "cpu",
+            "run_dir": "runs/trained",
+        },  # a training run's folder, as in its config.yaml
+    }
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
+    out = _cli("eval", "--config", "eval.yaml", "--out", "m.json", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert json.loads((tmp_path / "m.json").read_text())["n"] == 2
+    assert not (tmp_path / "runs").exists()  # neither runs/default nor the YAML's training folder
+
+    out = _cli(
+        "eval", "--config", "eval.yaml", "train.run_dir=ev", cwd=tmp_path
+    )  # asked: a folder of its own
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert (tmp_path / "ev" / "config.yaml").is_file() and (tmp_path / "ev" / "eval_eval.jsonl").is_file()
+    out = _cli("eval", "--config", "eval.yaml", "train.run_dir=ev", cwd=tmp_path)  # its config.yaml is kept
+    assert (
+        out.returncode == 2
+        and "train.run_dir 'ev' already holds a run (metrics.jsonl up to step 0)" in out.stdout
+    )

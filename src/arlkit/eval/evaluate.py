@@ -9,6 +9,7 @@ from typing import Any
 from arlkit.rollout.engine import EpisodeRunner, RolloutParams, rollout
 from arlkit.rollout.generator import Generator
 from arlkit.rollout.metrics import episode_metrics
+from arlkit.train.distributed import Dist, gather, unshard
 from arlkit.trajectory import Trajectory
 
 
@@ -35,3 +36,10 @@ def eval_result(trajs: list[Trajectory]) -> EvalResult:
     metrics = episode_metrics(trajs)
     metrics["n"] = float(len(trajs))
     return EvalResult(metrics=metrics, trajectories=trajs)
+
+
+def gather_eval(res: EvalResult, dist: Dist) -> EvalResult:
+    """The evaluation of the whole held-out set from each rank's `shard` of it."""
+    if not dist.enabled:
+        return res
+    return eval_result(unshard(gather(res.trajectories, dist), dist))

@@ -30,19 +30,13 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as tdist
 
 from arlkit.errors import ArlkitError
-from arlkit.eval.evaluate import EvalResult, eval_result
 from arlkit.models.loading import resolve_device
-from arlkit.train.update import UpdateBatch, update
-from arlkit.trajectory import Batch
-
-if TYPE_CHECKING:
-    from arlkit.train.setup import Setup
 
 T = TypeVar("T")
 _MAX_KEYS = ("rollout/sampling_rounds", "actor/skipped_step")  # the same on every rank, or a worst case
@@ -294,35 +288,3 @@ def check_divisible(prompts_per_step: int, dist: Dist) -> None:
             f"rollout.prompts_per_step={prompts_per_step} must be a multiple of the number of processes "
             f"({dist.world_size}): each rank rolls out whole groups"
         )
-
-
-def gather_eval(res: EvalResult, dist: Dist) -> EvalResult:
-    """The evaluation of the whole held-out set from each rank's `shard` of it."""
-    if not dist.enabled:
-        return res
-    return eval_result(unshard(gather(res.trajectories, dist), dist))
-
-
-def empty_update_batch() -> UpdateBatch:
-    """An UpdateBatch of no rows, (0, 1) tensors."""
-    f, i = torch.zeros((0, 1)), torch.zeros((0, 1), dtype=torch.long)
-    return UpdateBatch(batch=Batch(i, i, i, i, f, f, f, torch.zeros(0, dtype=torch.long)), advantages=f)
-
-
-def idle_step(s: Setup, train_actor: bool, behaviour: dict[str, float], weight: float) -> dict[str, float]:
-    """A rank whose groups were all filtered out while other ranks' were not: it still takes part in every
-    collective of the update (with an empty batch: a zero gradient) and in the metric reduction."""
-    cfg = s.cfg
-    update(
-        s.policy,
-        s.opts,
-        empty_update_batch(),
-        cfg.algo,
-        cfg.critic,
-        cfg.rollout.temperature,
-        s.rng,
-        cfg.algo.norm_constant or cfg.token_budget,
-        train_actor,
-        s.sync,
-    )
-    return reduce_metrics(behaviour, weight, s.dist)

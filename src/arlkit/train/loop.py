@@ -15,22 +15,14 @@ from arlkit.algos.kl import KL_ESTIMATORS
 from arlkit.algos.shaping import overlong_penalty, varied_groups
 from arlkit.config import Config
 from arlkit.errors import ArlkitError
-from arlkit.eval.evaluate import evaluate
+from arlkit.eval.evaluate import evaluate, gather_eval
 from arlkit.eval.plots import plot_curves
 from arlkit.models.precision import autocast
 from arlkit.rollout.engine import Episode, RolloutParams, rollout, rollout_episodes
 from arlkit.rollout.metrics import episode_metrics
 from arlkit.train.branching_step import Tree, branch_advantages, branch_shapers, grow_tree
 from arlkit.train.checkpoint import resume_or_start, save_checkpoint, save_state
-from arlkit.train.distributed import (
-    gather_eval,
-    global_sum,
-    idle_step,
-    prompt_index,
-    reduce_metrics,
-    shard,
-    shutdown,
-)
+from arlkit.train.distributed import global_sum, prompt_index, reduce_metrics, shard, shutdown
 from arlkit.train.filters import Filtered, post_tool, tao_filter
 from arlkit.train.guards import (
     check_finite_weights,
@@ -38,6 +30,7 @@ from arlkit.train.guards import (
     observe_step,
     without_env_errors,
 )
+from arlkit.train.idle_rank import idle_step
 from arlkit.train.setup import Setup, progress, setup
 from arlkit.train.shapers import Shaper, TaoEntropyShaper
 from arlkit.train.update import UpdateBatch, batch_logprobs, batch_values, update
