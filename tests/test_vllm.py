@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -169,15 +170,43 @@ def test_weight_sync_full_and_lora_and_a_stale_server_is_caught(sampler, tiny) -
     sampler.refresh(_load(tiny.sft_dir))  # back to the fixture's weights for the tests that follow
 
 
-def test_training_steps_sync_and_resume_exactly(tiny, tmp_path) -> None:
+def _vllm_setup(tiny, run_dir: Path, *extra: str):
+    over = tiny_run_overrides(tiny.sft_dir, run_dir, "task.n_eval=0", "rollout.backend=vllm")
+    over += ["rollout.vllm.kv_cache_gb=1", "rollout.max_length=512", *extra]
+    return setup(load_config(None, over), Console(quiet=True))
+
+
+def test_concurrent_long_prompts_with_seeds_do_not_crash_the_cpu_worker(server, tiny) -> None:
+    """vLLM 0.32's CPU worker died ("CPU Generator does not use offset") when a seeded request's prefill was
+    split across steps; arlkit's server flags keep prefills whole. 48 concurrent ~400-token prompts."""
+    prompts = [(p * 40)[:420] for p in _prompts(tiny, 48)]
+    assert min(len(p) for p in prompts) > 300
+    outs = VLLMGenerator(server, seed=2).generate(prompts, SamplingParams(max_new_tokens=8, temperature=1.0))
+    assert all(len(g.ids) > 0 for g in outs) and server.healthy()
+
+
+@pytest.mark.parametrize(
+    "mode,extra", [("appo", ()), ("arpo", ("branching.arpo_p=1.0", "branching.arpo_w=0.0"))]
+)
+def test_branching_methods_run_on_vllm(server, tiny, tmp_path, mode, extra) -> None:
+    """APPO/ARPO branches are new requests that share their parent's prefix (the prefix cache serves it);
+    each keeps its parent's ids up to the branch point. Attaches to the module's server (rollout.vllm.url)."""
+    s = _vllm_setup(tiny, tmp_path / "run", f"rollout.vllm.url={server.url}", f"branching.mode={mode}",
+                    "branching.branches=2", "rollout.n=4", "train.seed=3", *extra)  # fmt: skip
+    try:
+        m = train_step(s, 1)
+    finally:
+        s.sampler.close()
+    assert m["branch/rollouts"] > 0 and m["rollout/sampled_tokens"] > m["branch/sampled_tokens"] > 0
+    assert all(math.isfinite(v) for v in m.values() if isinstance(v, float))
+    assert m["rollout/vllm_sync_logprob_diff"] < 1e-4
+    assert server.healthy()
+
+
+def test_training_steps_sync_and_resume_exactly(server, tiny, tmp_path) -> None:
     """GRPO steps with the vLLM backend: every step syncs and checks the weights; step 2 after restoring the
-    step-1 checkpoint into a fresh Setup (a new server) equals step 2 of the run that wrote it."""
-
-    def _setup(run_dir: Path):
-        over = tiny_run_overrides(tiny.sft_dir, run_dir, "task.n_eval=0", "rollout.backend=vllm")
-        over += ["rollout.vllm.kv_cache_gb=1", "rollout.max_length=512"]
-        return setup(load_config(None, over), Console(quiet=True))
-
+    step-1 checkpoint into a fresh Setup (attached to another server) equals step 2 of the run that wrote it."""
+    _setup = partial(_vllm_setup, tiny)
     s = _setup(tmp_path / "run")
     try:
         m1 = train_step(s, 1)
@@ -188,7 +217,8 @@ def test_training_steps_sync_and_resume_exactly(tiny, tmp_path) -> None:
     assert m1["rollout/vllm_sync_logprob_diff"] < 1e-4
     assert m1["rollout/logprob_diff"] < 1e-4  # vLLM's sampled-token logprobs against the trainer's
     assert m1["rollout/vllm_requests"] >= 8
-    fresh = _setup(tmp_path / "run")
+    assert s.sampler.server.proc is None  # the run's own server is stopped with the run
+    fresh = _setup(tmp_path / "run", f"rollout.vllm.url={server.url}")
     try:
         assert resume_run(fresh, Console(quiet=True)) == TrainState(step=1)
         got = train_step(fresh, 2)

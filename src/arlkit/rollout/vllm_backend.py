@@ -294,6 +294,11 @@ def server_args(
     ]  # fmt: skip
     if on_gpu:
         args += ["--gpu-memory-utilization", str(cfg_vllm.gpu_memory_utilization)]
+    else:
+        # vLLM 0.32's CPU worker crashes ("CPU Generator does not use offset") when a prefill split across
+        # steps discards the token drawn from a per-request seeded generator; arlkit seeds every request (a
+        # resumed run draws the same tokens), so prefills are not split on CPU
+        args.append("--no-enable-chunked-prefill")
     if cfg_vllm.enforce_eager:
         args.append("--enforce-eager")
     return args + list(cfg_vllm.extra_args)
