@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/rollout.py                      # the demo's tiny base, CPU
     .venv/bin/python benchmarks/rollout.py --threads 1
     .venv/bin/python benchmarks/rollout.py --model qwen2-0.5b --device cuda --dtype bfloat16 --cuda-graphs
+    .venv/bin/python benchmarks/rollout.py --backends engine,vllm,generate --env always-search
 
 64 episodes (8 toywiki questions × 8 samples, as a GRPO step draws them), up to 4 turns with BM25 search
 observations between them (`--env demo`: the demo's env, where the model decides when to answer; `--env
@@ -10,7 +11,11 @@ always-search`: every action is run as a search, so every episode takes all its 
 - engine:   ContinuousEngine (KV caches kept across turns, continuous batching, shared prompt prefill);
 - generate: the baseline most frameworks use: every turn, `model.generate` on each live episode's whole
             left-padded context (GenerateBaseline run turn by turn);
-- hf:       arlkit's HFGenerator, also re-prefilling each turn (the previous default).
+- hf:       arlkit's HFGenerator, also re-prefilling each turn (the previous default);
+- vllm:     rollout.backend vllm: a vLLM server (`make install-vllm`) in its own processes, one request per
+            episode turn, prefix caching across turns; its own line adds start time, prefix-cache hit rate,
+            weight-sync seconds and the served logprobs' distance to this process's forward. Its "fed tok"
+            counts the prompt tokens the prefix cache did not serve.
 Each variant runs in a fresh process, `--repeats` times, interleaved; the table shows the median run.
 Roofline share = generated tokens/s × FLOPs per token ÷ the fp32 (or --dtype) matmul peak measured in this
 run, with FLOPs per token = 2 × (non-embedding params + d·V) + 4 × layers × d_attn × mean context
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from _common import flops_per_token, load_model, matmul_peak_gflops, measure, set_threads
@@ -56,6 +62,65 @@ def env_factory(kind: str, task, max_turns: int):
     return lambda: ToolEnv([task.search], QAScorer(), fmt=EveryActionSearches(), max_turns=max_turns)
 
 
+def start_vllm(model, tok, args: argparse.Namespace, seed: int):
+    """A vLLM server (rollout.backend vllm: `make install-vllm`) on this model's weights, exported as arlkit
+    exports a policy; returns (its runner, its VLLMSampler, seconds to start)."""
+    from arlkit.config import VLLMConfig
+    from arlkit.rollout.vllm_backend import (
+        VLLMGenerator,
+        VLLMSampler,
+        export_model,
+        max_model_len,
+        probe_ids,
+        server_args,
+        sync_folder,
+    )
+    from arlkit.rollout.vllm_server import VLLMServer, find_python
+
+    folder = sync_folder(None)
+    export_model(model, tok, folder, DTYPES[args.dtype])
+    flags = server_args(
+        VLLMConfig(),
+        dtype=args.dtype,
+        max_model_len=max_model_len(model, args.max_length),
+        max_num_seqs=args.episodes,
+        seed=seed,
+        on_gpu=args.device == "cuda",
+    )
+    server = VLLMServer(
+        python=find_python(None),
+        model_dir=str(folder),
+        args=flags,
+        env={"VLLM_CPU_KVCACHE_SPACE": "2"},
+        log_path=folder / "server.log",
+    )
+    start = time.perf_counter()
+    server.start()
+    started = time.perf_counter() - start
+    gen = VLLMGenerator(server, seed=seed, max_concurrency=args.episodes)
+    sampler = VLLMSampler(
+        server, gen, folder, dtype=DTYPES[args.dtype], check_every=0, tolerance=1.0, probe_ids=probe_ids(tok)
+    )
+    return TurnSyncRunner(gen), sampler, started
+
+
+def group_peak_mb(pgid: int) -> float:
+    """Σ of the peak RSS (VmHWM) of every process in a process group (the vLLM server and its engine core):
+    an upper bound of the group's peak, as the processes need not peak together."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:  # field 5 of /proc/pid/stat: the process group
+                continue
+            for line in (stat.parent / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1024
+
+
 def make_backend(name: str, model, pad_id: int, args: argparse.Namespace, seed: int):
     if name == "engine":
         decode = "cuda_graph" if args.cuda_graphs else "dynamic"
@@ -73,9 +138,15 @@ def run_once(name: str, args: argparse.Namespace, seed: int) -> dict:
     rows = [r for r in task.rows("rl", args.episodes // args.group, seed=11) for _ in range(args.group)]
     groups = [i // args.group for i in range(len(rows))]
     params = RolloutParams(args.max_turns, args.max_new_tokens, args.max_length, args.temperature, args.top_p)
-    backend = make_backend(name, model, tok.pad_token_id, args, seed)
+    vllm = None
+    if name == "vllm":
+        backend, vllm, started = start_vllm(model, tok, args, seed)
+    else:
+        backend = make_backend(name, model, tok.pad_token_id, args, seed)
     make_env = env_factory(args.env, task, args.max_turns)
     rollout(backend, tok, make_env, rows[:2], groups[:2], params)  # warm-up (allocations, graphs)
+    if vllm is not None:
+        vllm.metrics()  # counts the warm-up's requests: the hit rate below is the timed rollout's
     if args.device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -98,6 +169,22 @@ def run_once(name: str, args: argparse.Namespace, seed: int) -> dict:
         }
     else:  # turn by turn, each turn feeds its whole context, then its generated ids
         model_tokens = sum(rec.end for t in trajs for rec in t.turns)
+    if vllm is not None:
+        hit_rate = vllm.metrics()["rollout/vllm_prefix_cache_hit_rate"]
+        # as after an update: the weights written, loaded by the server, the prefix cache reset
+        syncs = []
+        for _ in range(3):
+            vllm.refresh(model)
+            syncs.append(vllm.last_sync_s)
+        split = {
+            "start_s": started,
+            "hit_rate": hit_rate,
+            "sync_s": statistics.median(syncs),
+            "parity": vllm.check(model),
+            "server_peak_mb": group_peak_mb(vllm.server.proc.pid),
+        }
+        model_tokens = round(sum(rec.end for t in trajs for rec in t.turns) * (1 - hit_rate))
+        vllm.close()
     return split | {
         "gen_tokens": len(gen),
         "model_tokens": model_tokens,
@@ -210,6 +297,15 @@ def main() -> None:
         )
     if base is None:
         print("(no 'generate' backend in --backends: no ratio)")
+    if "vllm" in names:
+        med = median_run(runs["vllm"])
+        print(
+            f"vllm's median run: server start {med['start_s']:.1f} s, prefix-cache hit rate "
+            f"{med['hit_rate']:.1%} of prompt tokens, weight sync {med['sync_s']:.3f} s (write, load, cache "
+            f"reset; median of 3), served logprobs against this process's forward: mean |Δ| "
+            f"{med['parity']:.2g}, server processes' peak RSS {med['server_peak_mb']:.0f} MB (this process: "
+            f"{med['peak_mb']:.0f} MB, in the table)"
+        )
     if "engine" in names:
         med = median_run(runs["engine"])
         other = med["seconds"] - med["decode_s"] - med["prefill_s"]
