@@ -361,7 +361,7 @@ def train(
         "rank": s.dist.rank,
     }
     s.run.write_json("summary.json", summary)
-    shutdown(s.dist)
-    return summary
     if hasattr(s.sampler, "close"):  # the vLLM server arlkit started
         s.sampler.close()
+    shutdown(s.dist)
+    return summary
