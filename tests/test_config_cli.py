@@ -188,3 +188,17 @@ def test_include_merges_section_by_section_and_the_includer_wins(tmp_path) -> No
 def test_every_shipped_config_loads(path) -> None:
     cfg = load_config(path)
     assert cfg.algo.advantage and cfg.model.path
+
+
+def test_rollout_correction_auto_follows_the_sampler() -> None:
+    """METHODS.md §9: TIS whenever the sampler is vLLM or bf16, nothing for the own fp32 engine; a choice in
+    the config wins."""
+    assert load_config().algo.rollout_correction == "none"
+    assert load_config(None, ["rollout.backend=vllm"]).algo.rollout_correction == "tis"
+    assert load_config(None, ["rollout.dtype=bfloat16"]).algo.rollout_correction == "tis"
+    assert (
+        load_config(
+            None, ["rollout.dtype=bfloat16", "algo.rollout_correction=icepop"]
+        ).algo.rollout_correction
+        == "icepop"
+    )

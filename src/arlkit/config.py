@@ -291,7 +291,9 @@ class AlgoConfig(_Section):
     # trainer (vLLM, rollout.dtype bfloat16): the policy loss of token t is weighted by a function of
     # ρ_t = π_old/μ (the trainer's recompute over the sampler's logprob). tis: min(ρ_t, cap); mis: ρ_seq, or 0
     # for a sequence whose ρ_seq leaves [lower, upper]; icepop: ρ_t, or 0 for a token outside [lower, upper]
-    rollout_correction: Literal["none", "tis", "mis", "icepop"] = "none"
+    # auto (METHODS.md §9): tis when the sampler is vLLM or bf16 (rollout.backend vllm, rollout.dtype
+    # bfloat16), none for arlkit's own fp32 engine (ρ ≡ 1 within 1e-4); resolved when the config loads
+    rollout_correction: Literal["auto", "none", "tis", "mis", "icepop"] = "auto"
     rollout_corr_cap: float = Field(2.0, gt=0)  # TIS truncation C (verl's rollout_is_threshold)
     rollout_corr_lower: float = Field(0.5, ge=0)  # MIS/IcePop band (verl seq_is_rs "0.5_2.0"; IcePop α)
     rollout_corr_upper: float = Field(2.0, gt=0)  # IcePop β
@@ -557,6 +559,31 @@ class Config(_Section):
                 f"algo.advantage to 'grpo' (got {self.algo.advantage!r})"
             )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_rollout_correction(cls, data: Any) -> Any:
+        """algo.rollout_correction auto → tis for a vLLM or bf16 sampler, none otherwise (METHODS.md §9)."""
+        if not isinstance(data, dict):
+            return data
+
+        def get(section: str, key: str, default: Any) -> Any:
+            sec = data.get(section) or {}
+            return sec.get(key, default) if isinstance(sec, dict) else getattr(sec, key, default)
+
+        if get("algo", "rollout_correction", "auto") != "auto":
+            return data
+        mismatched = (
+            get("rollout", "backend", "engine") == "vllm" or get("rollout", "dtype", "policy") == "bfloat16"
+        )
+        value = "tis" if mismatched else "none"
+        algo = data.get("algo") or {}
+        algo = (
+            {**algo, "rollout_correction": value}
+            if isinstance(algo, dict)
+            else algo.model_copy(update={"rollout_correction": value})
+        )
+        return {**data, "algo": algo}
 
     @property
     def token_budget(self) -> int:
