@@ -73,8 +73,9 @@ class VLLMGenerator:
                         f"vLLM requests failed {attempt + 1} times ({type(e).__name__}: {e}); "
                         f"server log {self.server.log_path}:\n{self.server.log_tail()}"
                     ) from e
-                # the same requests with the same seeds again: nothing of the step is lost
-                if not (self.server.alive() and self.server.healthy()):
+                # a server that died or hung is restarted (arlkit's own; the user's must be healthy), then the
+                # same requests go again with the same seeds: nothing of the step is lost
+                if self.server.owned or not self.server.healthy():
                     self.server.restart()
         return [self._generation(c, params) for c in choices]
 
@@ -104,6 +105,8 @@ class VLLMGenerator:
 
     async def _post(self, client: httpx.AsyncClient, body: dict) -> dict:
         r = await client.post("/v1/completions", json=body)
+        if r.status_code >= 500:  # the engine died or failed: retried after a restart
+            r.raise_for_status()
         if r.status_code != 200:
             raise ArlkitError(f"vLLM refused a generation request ({r.status_code}): {r.text[:500]}")
         data = r.json()
