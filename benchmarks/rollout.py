@@ -141,6 +141,7 @@ def run_once(name: str, args: argparse.Namespace, seed: int) -> dict:
     vllm = None
     if name == "vllm":
         backend, vllm, started = start_vllm(model, tok, args, seed)
+        parity_start = vllm.check(model)
     else:
         backend = make_backend(name, model, tok.pad_token_id, args, seed)
     make_env = env_factory(args.env, task, args.max_turns)
@@ -173,13 +174,17 @@ def run_once(name: str, args: argparse.Namespace, seed: int) -> dict:
         hit_rate = vllm.metrics()["rollout/vllm_prefix_cache_hit_rate"]
         # as after an update: the weights written, loaded by the server, the prefix cache reset
         syncs = []
-        for _ in range(3):
+        for _ in range(3):  # each after a small change to every weight, as an optimiser step makes
+            with torch.no_grad():
+                for w in model.parameters():
+                    w.add_(torch.randn_like(w) * 1e-3)
             vllm.refresh(model)
             syncs.append(vllm.last_sync_s)
         split = {
             "start_s": started,
             "hit_rate": hit_rate,
             "sync_s": statistics.median(syncs),
+            "parity_start": parity_start,
             "parity": vllm.check(model),
             "server_peak_mb": group_peak_mb(vllm.server.proc.pid),
         }
@@ -303,7 +308,8 @@ def main() -> None:
             f"vllm's median run: server start {med['start_s']:.1f} s, prefix-cache hit rate "
             f"{med['hit_rate']:.1%} of prompt tokens, weight sync {med['sync_s']:.3f} s (write, load, cache "
             f"reset; median of 3), served logprobs against this process's forward: mean |Δ| "
-            f"{med['parity']:.2g}, server processes' peak RSS {med['server_peak_mb']:.0f} MB (this process: "
+            f"{med['parity_start']:.2g} at start, {med['parity']:.2g} after 3 syncs of changed weights, "
+            f"server processes' peak RSS {med['server_peak_mb']:.0f} MB (this process: "
             f"{med['peak_mb']:.0f} MB, in the table)"
         )
     if "engine" in names:

@@ -30,14 +30,15 @@ INSTALL_HINT = (
 
 
 def find_python(configured: str | None) -> str:
-    """The interpreter that runs the server: rollout.vllm.python, $ARLKIT_VLLM_PYTHON, ./.venv-vllm, or this
-    one. Checks that it imports a recent enough vllm.
+    """The interpreter that runs the server: rollout.vllm.python, $ARLKIT_VLLM_PYTHON, .venv-vllm in the working
+    folder or beside this interpreter's venv, or this interpreter. Checks that it imports a recent enough vllm.
 
     Raises:
         ArlkitError: none of them has vllm, or its version is older than MIN_VERSION.
     """
-    local = Path.cwd() / ".venv-vllm" / "bin" / "python"
-    candidates = [configured, os.environ.get("ARLKIT_VLLM_PYTHON"), str(local) if local.exists() else None]
+    # `make install-vllm` puts it next to arlkit's own .venv: found from the working folder or from this venv
+    local = [d / ".venv-vllm" / "bin" / "python" for d in (Path.cwd(), Path(sys.prefix).parent)]
+    candidates = [configured, os.environ.get("ARLKIT_VLLM_PYTHON"), *(str(p) for p in local if p.exists())]
     python = next((c for c in candidates if c), sys.executable)
     try:
         out = subprocess.run(
