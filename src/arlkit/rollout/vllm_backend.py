@@ -167,18 +167,21 @@ class VLLMSampler:
         self.syncs = 0
         self._seen: dict[str, int] = {}
         self.last_sync_s = math.nan
+        self.last_write_s = math.nan
         self.last_diff = math.nan
 
     @torch.no_grad()
     def refresh(self, policy_model: torch.nn.Module) -> None:
         t0 = time.perf_counter()
         write_weights(policy_model, self.sync_dir, self.dtype)
+        t1 = time.perf_counter()
         r = self._post("/collective_rpc", {"method": "arlkit_load_weights", "args": [str(self.sync_dir)]})
         if r.get("results") is None:
             raise ArlkitError(f"the vLLM server did not load the weights: {r}")
         self._post("/reset_prefix_cache", None)  # cached keys/values were computed by the old weights
         self.syncs += 1
         self.last_sync_s = time.perf_counter() - t0
+        self.last_write_s = t1 - t0
         if self.check_every and self.syncs % self.check_every == 0:
             self.check(policy_model)
 
@@ -224,6 +227,7 @@ class VLLMSampler:
         self._seen = now
         return {
             "rollout/vllm_sync_s": self.last_sync_s,
+            "rollout/vllm_sync_write_s": self.last_write_s,
             "rollout/vllm_sync_logprob_diff": self.last_diff,
             "rollout/vllm_requests": float(seen["requests"]),
             "rollout/vllm_prefix_cache_hit_rate": seen["cached_tokens"] / max(seen["prompt_tokens"], 1),
