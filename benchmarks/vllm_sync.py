@@ -62,7 +62,7 @@ def start(policy, tok, args, extra: list[str], env: dict[str, str]) -> tuple[VLL
         max_model_len=max_model_len(policy, 1024),
         max_num_seqs=args.prompts,
         seed=0,
-        on_gpu=False,
+        on_gpu=args.device == "cuda",
     )
     server = VLLMServer(
         python=find_python(None), model_dir=str(folder), args=flags, env=env, log_path=folder / "server.log"
@@ -79,9 +79,9 @@ def start(policy, tok, args, extra: list[str], env: dict[str, str]) -> tuple[VLL
 
 @torch.no_grad()
 def forward_logprobs(policy, ids: list[int]) -> torch.Tensor:
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=next(policy.parameters()).device)
     logits = policy(input_ids=x).logits[0, :-1].float()
-    return logits.log_softmax(-1).gather(-1, x[0, 1:, None]).squeeze(-1)
+    return logits.log_softmax(-1).gather(-1, x[0, 1:, None]).squeeze(-1).cpu()
 
 
 def served_logprobs(sampler: VLLMSampler, ids: list[int], model_name: str) -> torch.Tensor:
@@ -158,11 +158,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2", help="tiny | smollm2 | a local model folder")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p.add_argument("--device", default="cpu", help="where the trainer's copy lives (cuda: the server too)")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--tokens", type=int, default=64)
     args = p.parse_args()
-    model, tok, task = load_model(args.model, "cpu", "float32")
+    model, tok, task = load_model(args.model, args.device, "float32")
     policy = lora_policy(model, args.rank)
     rows = task.rows("rl", args.prompts, seed=3)
     prompts = [tok(r["question"], add_special_tokens=False)["input_ids"] for r in rows]
