@@ -67,12 +67,12 @@ def _run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     from arlkit.train.loop import train
 
     _quiet_transformers()
-    from arlkit.tasks import TASKS
+    from arlkit.tasks import em_label
 
     summary = train(cfg, console, resume=resume, overwrite=overwrite)
     if summary.get("rank", 0):  # one table per job, not per process
         return summary
-    console.print(summary_table(summary, TASKS.get(cfg.task.name).em_label))
+    console.print(summary_table(summary, em_label(cfg.task.name)))
     console.print(f"wall time {summary['seconds']:.0f} s · summary: {summary['run_dir']}/summary.json")
     return summary
 

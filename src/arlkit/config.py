@@ -9,20 +9,20 @@ from __future__ import annotations
 import re
 from collections.abc import Hashable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
-    Tag,
+    SerializeAsAny,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from arlkit.errors import ArlkitError
 
@@ -86,19 +86,31 @@ class ModelConfig(_Section):
         return self
 
 
-class _TaskSection(_Section):
-    """Fields every task has; each task's section adds its own (see `arlkit.tasks` for what they mean)."""
+class TaskConfig(_Section):
+    """The `task` section's fields every task has. A task declares its own section as a subclass (its
+    `config_model`, tasks/resolve.py), validated at load like every other section: unknown keys fail by name.
 
+    `name` picks the task: a built-in (toywiki, toysql, math_python, qa_files, nl2sql_files), a name a package
+    registers under the `arlkit.tasks` entry-point group, or an import path `my_pkg.my_module:MyTask`.
+    """
+
+    name: str = "toywiki"
     max_turns: int = Field(4, gt=0)  # assistant turns per episode
-    n_eval: int = Field(500, ge=0)  # held-out questions per evaluation
+    n_eval: int = Field(500, ge=0)  # held-out rows per evaluation
     eval_seed: int = 12345
+    train_split: str = "train"  # the split of `task.rows` that training prompts are drawn from
+
+
+class _BuiltinTaskSection(TaskConfig):
+    """Fields the built-in tasks share."""
+
     # Agent-R1 process reward on the last token of the action that earned it: none, a bonus per successful
     # tool call, or a bonus per search whose results hold a gold supporting document
     process_reward: Literal["none", "tool_success", "gold_retrieval"] = "none"
     process_reward_value: float = 0.1
 
 
-class ToyWikiTaskConfig(_TaskSection):
+class ToyWikiTaskConfig(_BuiltinTaskSection):
     name: Literal["toywiki"] = "toywiki"
     seed: int = 0  # world seed; must match the tiny base's world when model.path is "tiny"
     n_people: int = Field(1500, gt=10)
@@ -111,7 +123,7 @@ class ToyWikiTaskConfig(_TaskSection):
     show_tool_schemas: bool = False  # the tool schemas in the prompt, as a real model needs
 
 
-class ToySQLTaskConfig(_TaskSection):
+class ToySQLTaskConfig(_BuiltinTaskSection):
     name: Literal["toysql"]
     seed: int = 0  # shop seed; must match the tiny base's shop when model.path is "tiny"
     n_customers: int = Field(600, ge=4)
@@ -124,7 +136,7 @@ class ToySQLTaskConfig(_TaskSection):
     train_split: Literal["train", "rl", "sft"] = "rl"  # "rl": customers the tiny base's SFT never saw
 
 
-class MathPythonTaskConfig(_TaskSection):
+class MathPythonTaskConfig(_BuiltinTaskSection):
     name: Literal["math_python"]
     seed: int = 0
     max_turns: int = Field(3, gt=0)
@@ -135,7 +147,7 @@ class MathPythonTaskConfig(_TaskSection):
     train_split: Literal["train", "rl", "sft"] = "rl"
 
 
-class QAFilesTaskConfig(_TaskSection):
+class QAFilesTaskConfig(_BuiltinTaskSection):
     """Multi-hop QA from files: HotpotQA, 2WikiMultihopQA, MuSiQue, or JSONL/Parquet {question, answer(s)}."""
 
     name: Literal["qa_files"]
@@ -161,7 +173,7 @@ class QAFilesTaskConfig(_TaskSection):
         return self
 
 
-class NL2SQLFilesTaskConfig(_TaskSection):
+class NL2SQLFilesTaskConfig(_BuiltinTaskSection):
     """NL2SQL from a Spider/BIRD folder: tables.json, train/dev JSON and database/<db_id>/<db_id>.sqlite."""
 
     name: Literal["nl2sql_files"]
@@ -175,24 +187,6 @@ class NL2SQLFilesTaskConfig(_TaskSection):
     time_limit_s: float = Field(5.0, gt=0)
     max_rows: int = Field(20, gt=0)
     train_split: Literal["train"] = "train"
-
-
-def _task_name(value: Any) -> str:
-    """The section's task name; a section without one is toywiki (the embedded default)."""
-    if isinstance(value, dict):
-        return value.get("name", "toywiki")
-    return getattr(value, "name", "toywiki")
-
-
-TaskConfig = Annotated[
-    Annotated[ToyWikiTaskConfig, Tag("toywiki")]
-    | Annotated[ToySQLTaskConfig, Tag("toysql")]
-    | Annotated[MathPythonTaskConfig, Tag("math_python")]
-    | Annotated[QAFilesTaskConfig, Tag("qa_files")]
-    | Annotated[NL2SQLFilesTaskConfig, Tag("nl2sql_files")],
-    Discriminator(_task_name),
-]
-TASK_NAMES = ("toywiki", "toysql", "math_python", "qa_files", "nl2sql_files")
 
 
 class VLLMConfig(_Section):
@@ -518,7 +512,8 @@ class CEAConfig(_SampledQuestions):
 
 class Config(_Section):
     model: ModelConfig = ModelConfig()
-    task: TaskConfig = ToyWikiTaskConfig()
+    # SerializeAsAny: a task's own fields are dumped (config.yaml, checkpoints), not only TaskConfig's
+    task: SerializeAsAny[TaskConfig] = ToyWikiTaskConfig()
     rollout: RolloutConfig = RolloutConfig()
     algo: AlgoConfig = AlgoConfig()
     critic: CriticConfig = CriticConfig()
@@ -529,6 +524,17 @@ class Config(_Section):
     sft: SFTConfig = SFTConfig()
     passk: PassKConfig = PassKConfig()
     cea: CEAConfig = CEAConfig()
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_section(cls, value: Any) -> TaskConfig:
+        """The section validated by the config model of the task it names (found or imported by name)."""
+        from arlkit.tasks.resolve import task_section
+
+        try:
+            return task_section(value)
+        except ArlkitError as e:  # reported with the other sections' errors (`describe_errors`)
+            raise PydanticCustomError("task_section", "{message}", {"message": str(e)}) from None
 
     @model_validator(mode="after")
     def _critic_when_needed(self) -> Config:
@@ -687,21 +693,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def _describe(e: ValidationError) -> str:
+    return "invalid config:\n  " + "\n  ".join(describe_errors(e))
+
+
+def describe_errors(e: ValidationError, prefix: tuple[str, ...] = ()) -> list[str]:
+    """One line per error, naming the dotted field (under `prefix`: a section validated on its own)."""
     lines = []
     for err in e.errors():
-        loc = list(err["loc"])
-        if loc[:1] == ["task"] and len(loc) > 1 and loc[1] in TASK_NAMES:
-            loc.pop(1)  # the union's tag: the user wrote task.<field>, not task.<name>.<field>
-        field = ".".join(str(x) for x in loc)
-        if not field:  # a check across fields; its message names them
+        field = ".".join(str(x) for x in (*prefix, *err["loc"]))
+        if len(err["loc"]) == 0:  # a check across fields; its message names them
             lines.append(str(err["msg"]).removeprefix("Value error, "))
-        elif err["type"] == "union_tag_invalid":  # task.name: the discriminator's own wording is internal
-            lines.append(
-                f"config field '{field}.name': unknown task {err['ctx']['tag']!r}; valid: {', '.join(TASK_NAMES)}"
-            )
         elif err["type"] == "extra_forbidden":
             lines.append(f"unknown config field {field!r}")
+        elif err["type"] == "task_section":  # the task's own model named its fields already
+            lines.append(err["ctx"]["message"])
         else:
             msg = str(err["msg"]).removeprefix("Value error, ")
             lines.append(f"config field {field!r}: {msg} (got {err.get('input')!r})")
-    return "invalid config:\n  " + "\n  ".join(lines)
+    return lines

@@ -97,7 +97,8 @@ def scripted_trajectory(
 ) -> Trajectory:
     """Tokenise assistant turns given as text through the rollout engine's own Episode, so the sequence has
     exactly the ids, roles and observation glue that rollouts have. Stops early if the episode ends."""
-    params = RolloutParams(max_turns=task.max_turns, max_length=10_000)
+    # the script bounds the turns; the env still ends the episode at its own max_turns
+    params = RolloutParams(max_turns=max(len(actions), 1), max_length=10_000)
     ep = Episode(task.make_env(), tokenizer, row, group_id=0, params=params)
     for text in actions:
         ids = tokenizer.encode(text, add_special_tokens=False)

@@ -2,7 +2,8 @@
 
 Built-in tasks: `toywiki` (multi-hop QA, synthetic), `toysql` (NL2SQL, synthetic), `math_python` (arithmetic
 word problems with a sandboxed python tool), `qa_files` (HotpotQA, 2WikiMultihopQA, MuSiQue, JSONL/Parquet)
-and `nl2sql_files` (Spider/BIRD layout). Importing this package registers them all.
+and `nl2sql_files` (Spider/BIRD layout). Importing this package registers them all; a user's task is found
+by name the same way (tasks/resolve.py).
 """
 
 from arlkit.tasks.base import (
@@ -12,16 +13,18 @@ from arlkit.tasks.base import (
     TASKS,
     Task,
     ToyTask,
-    build_task,
+    dataclass_from_config,
     process_reward,
 )
 from arlkit.tasks.math_python import MathPythonTask
 from arlkit.tasks.nl2sql_files import NL2SQLFilesTask
 from arlkit.tasks.qa_files import QAFilesTask
+from arlkit.tasks.resolve import ENTRY_POINT_GROUP, build_task, em_label, resolve_task
 from arlkit.tasks.toysql import ToySQLTask
 from arlkit.tasks.toywiki import ToyWikiTask
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "PROCESS_REWARDS",
     "REWARD_ONLY_FIELDS",
     "RUN_FIELDS",
@@ -34,5 +37,8 @@ __all__ = [
     "ToyTask",
     "ToyWikiTask",
     "build_task",
+    "dataclass_from_config",
+    "em_label",
     "process_reward",
+    "resolve_task",
 ]

@@ -34,12 +34,9 @@ class Task(Protocol):
 
     `rows(split, n, seed)` gives `n` plain-dict rows (at most `n` for a file) of split "train", "heldout" or a
     task-specific one ("sft", "rl"); `make_env()` a fresh env per episode (tools bound to a row live in it).
-    The env's metrics always hold `em` and `f1`; `em_label` says what `em` means for the task (exact match,
-    execution accuracy, answer accuracy).
+    The env's metrics always hold `em`; a task may say what `em` means in an `em_label` attribute (exact
+    match, execution accuracy, answer accuracy). A task is built by its entry (tasks/resolve.py).
     """
-
-    name: ClassVar[str]
-    em_label: ClassVar[str]
 
     def make_env(self) -> ToolEnv: ...
 
@@ -53,9 +50,11 @@ class ToyTask(Task, Protocol):
     `demo_actions(row, strategy)` is the assistant turns (text) of a scripted demonstration that follows one
     of `demo_strategies`; the recipe mixes them so the base is imperfect and RL has room. `extra_tokens` are
     the task's tool delimiters (e.g. `<sql>`), made single tokens of the tiny tokenizer like arlkit's own;
-    `tiny_recipe` overrides fields of the tiny recipe (models/tiny.py TinyRecipe; "sft" as a dict).
+    `tiny_recipe` overrides fields of the tiny recipe (models/tiny.py TinyRecipe; "sft" as a dict); `name`
+    keys the built base.
     """
 
+    name: ClassVar[str]
     demo_strategies: ClassVar[tuple[str, ...]]
     extra_tokens: ClassVar[tuple[str, ...]]
     tiny_recipe: ClassVar[dict[str, Any]]
@@ -72,13 +71,9 @@ def process_reward(name: str, value: float) -> ProcessReward | None:
     return PROCESS_REWARDS[name](value)
 
 
-def build_task(section: Any) -> Task:
-    """The registered task named `section.name`, built from the config section's task fields.
-
-    Every field of a task's config section that is not a run field is a field of the task class of the same
-    name, so the config and the task cannot drift apart silently.
-    """
-    cls = TASKS.get(section.name)
+def dataclass_from_config(cls: type, section: Any) -> Any:
+    """A built-in task (a frozen dataclass) from its validated config section: every field of the section
+    that is not a run field is a field of the class of the same name, so the two cannot drift apart silently."""
     fields: Mapping[str, Any] = {k: v for k, v in dict(section).items() if k not in RUN_FIELDS}
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)

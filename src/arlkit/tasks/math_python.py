@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar
 
+from arlkit.config import MathPythonTaskConfig
 from arlkit.data.mathword import problems
 from arlkit.envs.math import make_math_env
 from arlkit.envs.tool_env import ToolEnv
 from arlkit.errors import ArlkitError
-from arlkit.tasks.base import TASKS, process_reward
+from arlkit.tasks.base import TASKS, dataclass_from_config, process_reward
 from arlkit.tools.python import PythonTool
 
 
@@ -23,6 +24,8 @@ class MathPythonTask:
 
     name: ClassVar[str] = "math_python"
     em_label: ClassVar[str] = "answer accuracy"
+    config_model: ClassVar[type] = MathPythonTaskConfig
+    from_config = classmethod(dataclass_from_config)
     # Demonstrations answer mentally, compute the first step in python and the rest mentally, or compute
     # everything in python: only the last is reliably right on new numbers.
     demo_strategies: ClassVar[tuple[str, ...]] = ("mental", "first_step", "python")

@@ -9,11 +9,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
 
+from arlkit.config import NL2SQLFilesTaskConfig
 from arlkit.data.nl2sql_files import load_nl2sql, load_tables
 from arlkit.envs.sql import SQLScorer, make_sql_env
 from arlkit.envs.tool_env import ToolEnv
 from arlkit.errors import ArlkitError
-from arlkit.tasks.base import TASKS, process_reward
+from arlkit.tasks.base import TASKS, dataclass_from_config, process_reward
 from arlkit.tools.sql import SQLTool
 
 
@@ -24,6 +25,8 @@ class NL2SQLFilesTask:
 
     name: ClassVar[str] = "nl2sql_files"
     em_label: ClassVar[str] = "execution accuracy"
+    config_model: ClassVar[type] = NL2SQLFilesTaskConfig
+    from_config = classmethod(dataclass_from_config)
 
     root: str
     train_file: str | None = "train.json"

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import ClassVar
 
 from arlkit.cache import cache_root
+from arlkit.config import QAFilesTaskConfig
 from arlkit.data.qa_files import load_corpus, load_qa_file
 from arlkit.envs.qa import make_qa_env
 from arlkit.envs.tool_env import ToolEnv
 from arlkit.errors import ArlkitError
-from arlkit.tasks.base import TASKS, process_reward
+from arlkit.tasks.base import TASKS, dataclass_from_config, process_reward
 from arlkit.tools.base import Tool
 from arlkit.tools.search import BM25Search, RowSearch
 
@@ -31,6 +32,8 @@ class QAFilesTask:
 
     name: ClassVar[str] = "qa_files"
     em_label: ClassVar[str] = "EM"
+    config_model: ClassVar[type] = QAFilesTaskConfig
+    from_config = classmethod(dataclass_from_config)
 
     eval_file: str
     train_file: str | None = None

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import ClassVar
 
 from arlkit.cache import build_once, cache_root
+from arlkit.config import ToySQLTaskConfig
 from arlkit.data.toysql import LOOKUP, SCHEMA, TEMPLATES, Shop, make_shop
 from arlkit.envs.sql import SQLScorer, make_sql_env
 from arlkit.envs.tool_env import ToolEnv
 from arlkit.errors import ArlkitError
-from arlkit.tasks.base import TASKS, process_reward
+from arlkit.tasks.base import TASKS, dataclass_from_config, process_reward
 from arlkit.tools.sql import SQLTool
 
 
@@ -25,6 +26,8 @@ class ToySQLTask:
 
     name: ClassVar[str] = "toysql"
     em_label: ClassVar[str] = "execution accuracy"
+    config_model: ClassVar[type] = ToySQLTaskConfig
+    from_config = classmethod(dataclass_from_config)
     # Demonstrations write the customer's id from memory, look it up with the tool first, or join on the
     # name. Memory fails on customers the base never saw, so the greedy base is imperfect and RL has room.
     demo_strategies: ClassVar[tuple[str, ...]] = ("guess", "lookup", "join")

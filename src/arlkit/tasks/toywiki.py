@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar
 
+from arlkit.config import ToyWikiTaskConfig
 from arlkit.data.toywiki import World, make_world, question_row
 from arlkit.envs.qa import make_qa_env
 from arlkit.envs.tool_env import ToolEnv
 from arlkit.errors import ArlkitError
-from arlkit.tasks.base import TASKS, process_reward
+from arlkit.tasks.base import TASKS, dataclass_from_config, process_reward
 from arlkit.tools.search import BM25Search
 
 
@@ -25,6 +26,8 @@ class ToyWikiTask:
 
     name: ClassVar[str] = "toywiki"
     em_label: ClassVar[str] = "EM"
+    config_model: ClassVar[type] = ToyWikiTaskConfig
+    from_config = classmethod(dataclass_from_config)
     # Demonstrations answer from memory, search the first hop only, or search every hop: on held-out people
     # only the last one works, so the base is imperfect (the PASS@(k,T) mechanism, arXiv 2604.14877).
     demo_strategies: ClassVar[tuple[str, ...]] = ("none", "first_hop", "all_hops")

@@ -106,7 +106,7 @@ def resolve_model_path(cfg: Config, task: Task, console: Console) -> Path | str:
         return resolve_model_source(cfg.model.path, cfg.model.gguf_file)
     if not isinstance(task, ToyTask):
         raise ArlkitError(
-            f"model.path 'tiny' needs a toy task (toywiki, toysql, math_python); task {task.name!r} needs a "
+            f"model.path 'tiny' needs a toy task (toywiki, toysql, math_python); task {cfg.task.name!r} needs a "
             "real model: set model.path to a Hugging Face id, a local folder, a .gguf file or 'smollm2'"
         )
     from arlkit.models.tiny import TinyRecipe, cache_root, ensure_base

@@ -35,8 +35,12 @@ def demonstrations(s: Setup) -> list[Trajectory]:
     """
     sc = s.cfg.sft
     strategies = getattr(s.task, "demo_strategies", ())
-    if not strategies:
-        raise ArlkitError(f"task {s.task.name!r} has no scripted demonstrations: arlkit sft needs a toy task")
+    if not strategies or not callable(getattr(s.task, "demo_actions", None)):
+        raise ArlkitError(
+            f"task {s.cfg.task.name!r} has no scripted demonstrations: arlkit sft needs the task to define "
+            "`demo_strategies` (a tuple of strategy names) and `demo_actions(row, strategy)` (the assistant "
+            "messages of a demonstration on `row`, as text, in the env's tool-call format)"
+        )
     mix = sc.strategy_mix or {sc.strategy: 1.0}
     for name in mix:
         if name not in strategies:
