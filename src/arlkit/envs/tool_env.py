@@ -10,7 +10,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -27,6 +27,7 @@ from arlkit.tools.base import (
 )
 
 __all__ = [
+    "EPISODE_METRICS",
     "PARSE_ERROR_NAME",
     "REFUSAL",
     "EnvState",
@@ -42,6 +43,10 @@ __all__ = [
 
 PARSE_ERROR_NAME = "<malformed>"  # ToolCallRecord.name of a call that could not be parsed
 REFUSAL = "tool calls are not allowed in this episode; answer directly."
+# what `ToolEnv.result` adds to the scorer's metrics; a scorer's own metrics are logged as `env/<name>`
+EPISODE_METRICS = frozenset(
+    {"format_ok", "tool_syntax_ok", "answer_ok", "n_calls", "n_failed_calls", "tool_rounds", "turns"}
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,9 @@ class EnvState:
 
 @runtime_checkable
 class Scorer(Protocol):
+    """The user message of a row, and the metrics of an answer: `em` (what held-out evaluation reports;
+    `f1` defaults to it) and any of the scorer's own, which reach metrics.jsonl as `env/<name>`."""
+
     def prompt(self, row: dict) -> str: ...
 
     def score(self, answer: str | None, row: dict) -> dict[str, float]: ...
@@ -188,7 +196,14 @@ class ToolEnv:
         show_tool_schemas: bool = True,
         process_reward: ProcessReward | None = None,
         max_tool_rounds: int | None = None,
+        reward_weights: Mapping[str, float] | None = None,
     ) -> None:
+        """`reward_weights` names reward components, metrics of the scorer (or of the episode, such as
+        `format_ok`): the final reward is their weighted sum, each logged as `reward/<name>`. Without it
+        `reward_fn` (default: Agent-R1's) maps the metrics to the reward."""
+        if reward_weights is not None and reward_fn is not None:
+            raise ArlkitError("give a ToolEnv reward_fn or reward_weights, not both")
+        self.reward_weights = dict(reward_weights) if reward_weights is not None else None
         self.process_reward = process_reward
         self.show_tool_schemas = show_tool_schemas
         self.tools: dict[str, Tool] = {}
@@ -395,12 +410,12 @@ class ToolEnv:
         if self._row is None:
             raise RuntimeError("ToolEnv.result() called before reset()")
         scores = self.scorer.score(self._answer, self._row)
-        missing = {"em", "f1"} - set(scores)
-        if missing:
-            raise ArlkitError(f"scorer {type(self.scorer).__name__}.score() must return {sorted(missing)}")
+        if "em" not in scores:
+            raise ArlkitError(f"scorer {type(self.scorer).__name__}.score() must return 'em'")
         answer_ok = self._answer is not None
         syntax_ok = self._syntax_errors == 0
         metrics = {k: float(v) for k, v in scores.items()}
+        metrics.setdefault("f1", metrics["em"])
         metrics.update(
             format_ok=float(answer_ok and syntax_ok),
             tool_syntax_ok=float(syntax_ok),
@@ -410,7 +425,20 @@ class ToolEnv:
             tool_rounds=float(self._tool_rounds),
             turns=float(self._turns),
         )
-        return EpisodeResult(float(self.reward_fn(metrics)), metrics, self._answer, self._finish_reason)
+        return EpisodeResult(self._reward(metrics), metrics, self._answer, self._finish_reason)
+
+    def _reward(self, metrics: dict[str, float]) -> float:
+        """The final reward; with `reward_weights`, their weighted sum, each component added to `metrics`."""
+        if self.reward_weights is None:
+            return float(self.reward_fn(metrics))
+        missing = sorted(set(self.reward_weights) - set(metrics))
+        if missing:
+            raise ArlkitError(
+                f"reward components {missing} are not metrics of the episode; the scorer returns "
+                f"{sorted(set(metrics) - EPISODE_METRICS)}, the env adds {sorted(EPISODE_METRICS)}"
+            )
+        metrics.update({f"reward/{k}": metrics[k] for k in self.reward_weights})
+        return float(sum(w * metrics[k] for k, w in self.reward_weights.items()))
 
 
 def env_with_instructions(tools: Sequence[Tool], scorer: Scorer, task_prompt: str, **kw: Any) -> ToolEnv:

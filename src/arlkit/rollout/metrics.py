@@ -1,4 +1,5 @@
-"""What a batch of finished episodes did: means of the env's metrics, per-kind EM, finish-reason shares.
+"""What a batch of finished episodes did: means of the env's metrics, per-kind EM, finish-reason shares,
+and the means of a scorer's own metrics (`env/<name>`) and named reward components (`reward/<name>`).
 
 The training loop logs them under `rollout/` and evaluation under `eval/`; both sit above this layer.
 """
@@ -8,9 +9,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
+from arlkit.envs.tool_env import EPISODE_METRICS
 from arlkit.trajectory import Trajectory
 
 __all__ = ["episode_metrics"]
+
+# metrics summarised under names of their own below, or bookkeeping of every ToolEnv episode
+SUMMARISED = frozenset({"em", "f1"}) | EPISODE_METRICS
 
 
 def episode_metrics(trajs: Sequence[Trajectory]) -> dict[str, float]:
@@ -19,8 +24,12 @@ def episode_metrics(trajs: Sequence[Trajectory]) -> dict[str, float]:
         return {}
     sums: dict[str, float] = defaultdict(float)
     by_kind: dict[str, list[float]] = defaultdict(list)
+    own: dict[str, list[float]] = defaultdict(list)  # a metric only some episodes have is their mean
     for t in trajs:
         m = t.metadata.get("metrics", {})
+        for k, v in m.items():
+            if k not in SUMMARISED:
+                own[k if "/" in k else f"env/{k}"].append(v)
         sums["reward"] += t.reward
         sums["em"] += m.get("em", 0.0)
         sums["f1"] += m.get("f1", 0.0)
@@ -34,4 +43,5 @@ def episode_metrics(trajs: Sequence[Trajectory]) -> dict[str, float]:
             by_kind[t.metadata["kind"]].append(m.get("em", 0.0))
     out = {k: v / len(trajs) for k, v in sums.items()}
     out.update({f"em/{k}": sum(v) / len(v) for k, v in sorted(by_kind.items())})
+    out.update({k: sum(v) / len(v) for k, v in sorted(own.items())})
     return out
