@@ -1,7 +1,8 @@
 """arlkit: reinforcement learning for tool-using LLM agents.
 
 What a user's own task needs is importable from here: `TaskConfig` (its config section's base), `tool` and
-`ToolResult` (its tools), `ToolEnv` (its env), and `train` (`arlkit.train(config, task=MyTask)`).
+`ToolResult` (its tools), `ToolEnv` (an env of tool calls) or `MessageEnv`/`EnvStep` (the general env
+protocol, in messages), and `train` (`arlkit.train(config, task=MyTask)`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ __version__ = "0.1.0"
 
 # loaded on first use, so `import arlkit` (and the CLI's start) stays light
 _EXPORTS = {
+    "EnvStep": "arlkit.envs.message_env",
+    "MessageEnv": "arlkit.envs.message_env",
     "TaskConfig": "arlkit.config",
     "ToolEnv": "arlkit.envs.tool_env",
     "ToolResult": "arlkit.tools.base",
@@ -28,4 +31,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'arlkit' has no attribute {name!r}")
 
 
-__all__ = ["TaskConfig", "ToolEnv", "ToolResult", "__version__", "tool", "train"]
+__all__ = [
+    "EnvStep",
+    "MessageEnv",
+    "TaskConfig",
+    "ToolEnv",
+    "ToolResult",
+    "__version__",
+    "tool",
+    "train",
+]

@@ -67,6 +67,15 @@ class StepResult:
     answer: str | None
     finish_reason: str | None  # "answer", "no_action" or "max_turns" when done
 
+    # the general env protocol's (messages, reward, done, info), envs/message_env.py
+    @property
+    def messages(self) -> tuple[dict, ...]:
+        return self.observations
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"calls": self.calls, "answer": self.answer, "finish_reason": self.finish_reason}
+
 
 @dataclass(frozen=True)
 class EpisodeResult:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from arlkit.envs.message_env import episode_env
 from arlkit.errors import ArlkitError
 from arlkit.rollout.chat import ChatFormatter
 from arlkit.rollout.generator import Generator, SamplingParams
@@ -61,6 +62,7 @@ class Episode:
     """
 
     def __init__(self, env: Any, tokenizer: Any, row: dict, group_id: int, params: RolloutParams):
+        env = episode_env(env)  # a ToolEnv as it is; an env of the message protocol through its adapter
         self.env, self.tokenizer, self.row, self.params = env, tokenizer, row, params
         self.messages: list[dict] = list(env.reset(row))
         self.chat = ChatFormatter(tokenizer, env.prompt_tools)
