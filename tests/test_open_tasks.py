@@ -118,9 +118,14 @@ class EchoConfig(arlkit.TaskConfig):
 
 
 class EchoTask:
-    """A task defined where a notebook would define it: handed to arlkit.train, not named in a config."""
+    """A task defined where a notebook would define it: handed to arlkit.train, not named in a config. It
+    scripts a demonstration (one strategy), so `arlkit sft` can warm-start a policy on it."""
 
     config_model = EchoConfig
+    demo_strategies = ("echo",)
+
+    def demo_actions(self, row: dict, strategy: str) -> list[str]:
+        return [f"<answer> {row['answer']}</answer>"]
 
     def __init__(self, config: EchoConfig):
         self.config = config
@@ -147,3 +152,23 @@ def test_the_python_api_trains_a_task_class(tiny, tmp_path) -> None:
     assert summary["steps"] == 1
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert "EchoTask" in saved and "word: fig" in saved
+
+
+def test_sft_runs_a_task_that_scripts_demonstrations(tiny, tmp_path) -> None:
+    data = {"model": {"path": str(tiny.sft_dir)}, "task": {"word": "fig"}, "train": {"device": "cpu"}}
+    run = tmp_path / "sft"
+    overrides = [*SMALL, "sft.strategy=echo", "sft.n_demos=4", "sft.steps=2", "sft.batch_size=2"]
+    summary = arlkit.sft(
+        data, task=EchoTask, overrides=[*overrides, f"train.run_dir={run}"], console=Console(quiet=True)
+    )
+    assert summary["steps"] == 2 and summary["n_demos"] == 4 and summary["final_loss"] > 0
+    assert (run / "checkpoints" / "final" / "config.json").is_file()
+
+
+def test_eval_runs_a_users_task_by_the_command_line(tiny, tmp_path) -> None:
+    out = tmp_path / "metrics.json"
+    args = ["--config", "examples/letter_count.yaml", "--model", str(tiny.sft_dir), "--out", str(out)]
+    proc = _arlkit("eval", *args, "task.n_eval=2", "train.device=cpu", cache=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    metrics = json.loads(out.read_text())
+    assert "env/short" in metrics and "reward/em" in metrics  # the scorer's own metric, the components

@@ -2,7 +2,7 @@
 
 What a user's own task needs is importable from here: `TaskConfig` (its config section's base), `tool` and
 `ToolResult` (its tools), `ToolEnv` (an env of tool calls) or `MessageEnv`/`EnvStep` (the general env
-protocol, in messages), and `train` (`arlkit.train(config, task=MyTask)`).
+protocol, in messages), and `train` and `sft` (`arlkit.train(config, task=MyTask)`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ _EXPORTS = {
     "EnvStep": "arlkit.envs.message_env",
     "MessageEnv": "arlkit.envs.message_env",
     "TaskConfig": "arlkit.config",
+    "sft": "arlkit.api",
     "ToolEnv": "arlkit.envs.tool_env",
     "ToolResult": "arlkit.tools.base",
     "tool": "arlkit.tools.base",
@@ -38,6 +39,7 @@ __all__ = [
     "ToolEnv",
     "ToolResult",
     "__version__",
+    "sft",
     "tool",
     "train",
 ]

@@ -1,4 +1,5 @@
-"""The Python entry point: `arlkit.train(config, task=MyTask)` runs what `arlkit train` runs, from a notebook.
+"""The Python entry points: `arlkit.train(config, task=MyTask)` and `arlkit.sft(...)` run what `arlkit train`
+and `arlkit sft` run, from a notebook.
 
 A task class handed over here need not be importable by name (a notebook's `__main__`): it is registered for
 this process under `module:QualName`, which the run folder's config.yaml records, so the same call with
@@ -62,3 +63,17 @@ def train(
     from arlkit.train.loop import train as run
 
     return run(load(config, task=task, overrides=overrides), console, resume=resume, overwrite=overwrite)
+
+
+def sft(
+    config: str | Path | Mapping[str, Any] | Config | None = None,
+    *,
+    task: Any = None,
+    overrides: Sequence[str] = (),
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Fine-tune on the task's scripted demonstrations as `arlkit sft` does (the task defines
+    `demo_strategies` and `demo_actions(row, strategy)`); returns the summary written to summary.json."""
+    from arlkit.train.sft_run import run_sft
+
+    return run_sft(load(config, task=task, overrides=overrides), console)
