@@ -172,3 +172,17 @@ def test_eval_runs_a_users_task_by_the_command_line(tiny, tmp_path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     metrics = json.loads(out.read_text())
     assert "env/short" in metrics and "reward/em" in metrics  # the scorer's own metric, the components
+
+
+def test_a_users_task_runs_in_a_two_process_launch(tiny, tmp_path) -> None:
+    """Every rank of `torchrun -m arlkit train` finds the task by its import path, as one process does."""
+    run = tmp_path / "run"
+    args = ["examples/letter_count.yaml", f"model.path={tiny.sft_dir}", f"train.run_dir={run}"]
+    args += ["train.device=cpu", "train.steps=1", *SMALL]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ARLKIT_CACHE": str(tmp_path), "NO_COLOR": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run(
+        [*cmd, "-m", "arlkit", "train", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((run / "summary.json").read_text())["steps"] == 1
