@@ -25,8 +25,8 @@ from arlkit.errors import ArlkitError
         ),
         (
             ["task.name=foo"],
-            "config field 'task.name': unknown task 'foo'; valid: math_python, nl2sql_files, qa_files, "
-            "toysql, toywiki",
+            "config field 'task.name': unknown task 'foo'; valid: gymnasium, math_python, nl2sql_files, "
+            "qa_files, toysql, toywiki",
         ),
     ],
     ids=["inf_lr", "nan_coef", "inf_in_dict", "unknown_task"],

@@ -40,12 +40,12 @@ def _run(env, actions: list[str]) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-BUILTIN_TASKS = ("toywiki", "toysql", "math_python", "qa_files", "nl2sql_files")
+DATACLASS_TASKS = ("toywiki", "toysql", "math_python", "qa_files", "nl2sql_files")
 
 
 def test_every_config_section_maps_onto_its_task_class() -> None:
-    assert sorted(BUILTIN_TASKS) == TASKS.names()
-    for name in BUILTIN_TASKS:
+    assert sorted([*DATACLASS_TASKS, "gymnasium"]) == TASKS.names()
+    for name in DATACLASS_TASKS:
         task_cls = TASKS.get(name)
         section = task_cls.config_model
         assert section.model_fields["name"].annotation == typing.Literal[name]
@@ -58,7 +58,7 @@ def test_task_sections_reject_other_tasks_fields_by_name() -> None:
         load_config(None, ["task.name=toysql", "task.n_people=100"])
     with pytest.raises(ArlkitError, match=r"'task\.n_custmers'.*did you mean 'task\.n_customers'"):
         load_config(None, ["task.name=toysql", "task.n_custmers=100"])
-    with pytest.raises(ArlkitError, match="math_python, nl2sql_files, qa_files, toysql, toywiki"):
+    with pytest.raises(ArlkitError, match="gymnasium, math_python, nl2sql_files, qa_files, toysql, toywiki"):
         load_config(None, ["task.name=chess"])
     with pytest.raises(ArlkitError, match=r"task\.eval_file"):
         load_config(None, ["task.name=qa_files"])

@@ -2,7 +2,7 @@
 
 Built-in tasks: `toywiki` (multi-hop QA, synthetic), `toysql` (NL2SQL, synthetic), `math_python` (arithmetic
 word problems with a sandboxed python tool), `qa_files` (HotpotQA, 2WikiMultihopQA, MuSiQue, JSONL/Parquet)
-and `nl2sql_files` (Spider/BIRD layout). Importing this package registers them all; a user's task is found
+`nl2sql_files` (Spider/BIRD layout) and `gymnasium` (a Gymnasium text environment). Importing this package registers them all; a user's task is found
 by name the same way (tasks/resolve.py).
 """
 
@@ -16,6 +16,7 @@ from arlkit.tasks.base import (
     dataclass_from_config,
     process_reward,
 )
+from arlkit.tasks.gym_text import GymnasiumTask
 from arlkit.tasks.math_python import MathPythonTask
 from arlkit.tasks.nl2sql_files import NL2SQLFilesTask
 from arlkit.tasks.qa_files import QAFilesTask
@@ -29,6 +30,7 @@ __all__ = [
     "REWARD_ONLY_FIELDS",
     "RUN_FIELDS",
     "TASKS",
+    "GymnasiumTask",
     "MathPythonTask",
     "NL2SQLFilesTask",
     "QAFilesTask",

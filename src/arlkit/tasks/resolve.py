@@ -56,8 +56,7 @@ def _load(path: str, what: str) -> Any:
     """The attribute `module:attr` names, importing the module; the working directory is importable, as for
     `python -m`, so a task module beside the config runs without being installed."""
     module_name, _, attr = path.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    cwd_importable()
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
@@ -68,6 +67,12 @@ def _load(path: str, what: str) -> Any:
             raise ArlkitError(f"{what}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def cwd_importable() -> None:
+    """Put the working directory on sys.path (as `python -m` does, and the `arlkit` script does not)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _checked(entry: Any, name: str) -> Any:
