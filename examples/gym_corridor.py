@@ -21,7 +21,7 @@ class Corridor(gym.Env):
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict]:
         words = re.findall(r"[a-z]+", action.lower())
-        move = 1 if "right" in words else -1 if "left" in words else 0
+        move = ("right" in words) - ("left" in words)  # both or neither: no move
         self.pos = min(max(self.pos + move, 0), self.length - 1)
         arrived = self.pos == self.length - 1
         return self._observation(), 1.0 if arrived else -0.1, arrived, False, {"is_success": arrived}

@@ -86,6 +86,14 @@ def test_wrong_types_stop_at_reset_and_end_the_episode_as_an_env_error_mid_run(t
     assert isinstance(episode_env(_Broken(hello, EnvStep(hello, 0.0, True, {}))), MessageEnvEpisode)
 
 
+def test_pass_at_k_t_says_a_message_env_has_no_tool_rounds_to_cap(game) -> None:
+    from arlkit.eval.sampling import capped_env
+
+    assert capped_env(game.make_env, None, 1) == game.make_env  # PASS@k without a cap runs it as it is
+    with pytest.raises(ArlkitError, match=r"passk\.caps: .*GuessEnv.* no tool rounds"):
+        capped_env(game.make_env, 2, 1)
+
+
 def test_the_game_example_trains_by_the_command_line(tiny, tmp_path) -> None:
     run = tmp_path / "run"
     args = [

@@ -105,6 +105,12 @@ def capped_env(make_env: Callable[[], Any], cap: int | None, answer_turns: int) 
     """An env factory whose envs allow at most `cap` tool rounds (None: the env as it is)."""
     if cap is None:
         return make_env
+    env = make_env()
+    if not callable(getattr(env, "limit_tool_rounds", None)):  # a message env has no tool rounds
+        raise ArlkitError(
+            f"passk.caps: the task's env ({type(env).__name__}) has no tool rounds to cap; PASS@(k,T) caps "
+            "the tool rounds of a ToolEnv"
+        )
     return lambda: make_env().limit_tool_rounds(cap, answer_turns)
 
 
