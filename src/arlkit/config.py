@@ -86,6 +86,17 @@ class ModelConfig(_Section):
         return self
 
 
+class DatasetConfig(_Section):
+    """`task.dataset`: the task's rows from Hugging Face `datasets` instead of its own (the `datasets` extra);
+    the task's env reads them as it reads its own, so they must carry the keys it expects (`columns`)."""
+
+    path: str  # "json", "parquet" or "csv" (with data_files), a save_to_disk folder, or a Hub id (online)
+    data_files: dict[str, str | list[str]] | None = None  # dataset split -> file(s), for json/parquet/csv
+    # the task's split -> the dataset's ("train" and "heldout", the held-out rows every evaluation draws)
+    splits: dict[str, str] = Field(default_factory=lambda: {"train": "train", "heldout": "test"})
+    columns: dict[str, str] = Field(default_factory=dict)  # row key -> column, e.g. {"question": "prompt"}
+
+
 class TaskConfig(_Section):
     """The `task` section's fields every task has. A task declares its own section as a subclass (its
     `config_model`, tasks/resolve.py), validated at load like every other section: unknown keys fail by name.
@@ -100,6 +111,7 @@ class TaskConfig(_Section):
     n_eval: int = Field(500, ge=0)  # held-out rows per evaluation
     eval_seed: int = 12345
     train_split: str = "train"  # the split of `task.rows` that training prompts are drawn from
+    dataset: DatasetConfig | None = None  # rows from Hugging Face datasets; None: the task's own
 
 
 class _BuiltinTaskSection(TaskConfig):

@@ -19,7 +19,7 @@ from arlkit.registry import Registry
 
 REWARD_ONLY_FIELDS = ("process_reward", "process_reward_value")  # not part of the tiny base's identity
 # Config fields that steer the run (which questions, how many to evaluate), not the task object.
-RUN_FIELDS = ("name", "train_split", "n_eval", "eval_seed")
+RUN_FIELDS = ("name", "train_split", "n_eval", "eval_seed", "dataset")
 PROCESS_REWARDS: dict[str, Callable[[float], ProcessReward | None]] = {
     "none": lambda value: None,
     "tool_success": tool_success_reward,

@@ -123,7 +123,12 @@ def _unknown_field(key: str, name: str, model: type[BaseModel]) -> str:
 def build_task(section: TaskConfig) -> Task:
     """The task of a validated `task` section."""
     entry = resolve_task(section.name)
-    return getattr(entry, "from_config", entry)(section)
+    task = getattr(entry, "from_config", entry)(section)
+    if section.dataset is not None:
+        from arlkit.tasks.hf_rows import DatasetRowsTask
+
+        return DatasetRowsTask(task, section.dataset)
+    return task
 
 
 def em_label(name: str) -> str:
