@@ -94,6 +94,15 @@ def test_pass_at_k_t_says_a_message_env_has_no_tool_rounds_to_cap(game) -> None:
         capped_env(game.make_env, 2, 1)
 
 
+def test_ray_tool_actors_say_a_message_env_has_no_tools(game) -> None:
+    from arlkit.config import RayConfig
+    from arlkit.tasks.remote import with_ray_tools
+
+    assert with_ray_tools(game, RayConfig()) is game  # ray off: the task as it is
+    with pytest.raises(ArlkitError, match=r"ray\.enabled .*GuessEnv.* has no tools"):
+        with_ray_tools(game, RayConfig(enabled=True))
+
+
 def test_the_game_example_trains_by_the_command_line(tiny, tmp_path) -> None:
     run = tmp_path / "run"
     args = [

@@ -7,6 +7,7 @@ from typing import Any
 
 from arlkit.config import RayConfig
 from arlkit.envs.tool_env import ToolEnv
+from arlkit.errors import ArlkitError
 from arlkit.tasks.base import Task
 from arlkit.tools.base import Tool
 from arlkit.tools.ray_pool import ToolPool
@@ -41,6 +42,12 @@ def with_ray_tools(task: Task, cfg: RayConfig) -> Task:
     """`task` itself, or (ray.enabled) its Ray-backed twin with a pool of `cfg.num_tool_actors` actors."""
     if not cfg.enabled:
         return task
+    env = task.make_env()
+    if not isinstance(getattr(env, "tools", None), dict):  # a message env (a game) calls no tools
+        raise ArlkitError(
+            f"ray.enabled runs a ToolEnv's tools in Ray actors; the task's env ({type(env).__name__}) has no "
+            "tools: set ray.enabled false"
+        )
     pool = ToolPool(
         TaskTools(task),
         num_actors=cfg.num_tool_actors,
