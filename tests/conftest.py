@@ -85,7 +85,21 @@ def rows_by_kind(task: ToyWikiTask) -> dict[str, list[dict]]:
 
 
 def tiny_run_overrides(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    """Config overrides for a seconds-long RL run of a tiny fixture model on the fixture world."""
+    """Config overrides for a seconds-long RL run of a tiny fixture model on the fixture world; an `extra`
+    override replaces the default of the same key (the CLI refuses a key given twice)."""
+    return _later_wins(_defaults(model_dir, run_dir), extra)
+
+
+def _later_wins(base: list[str], extra: tuple[str, ...] | list[str]) -> list[str]:
+    by_key: dict[str, str] = {}
+    for o in [*base, *extra]:
+        key = o.split("=", 1)[0]
+        by_key.pop(key, None)  # the later one takes the later place
+        by_key[key] = o
+    return list(by_key.values())
+
+
+def _defaults(model_dir: Path, run_dir: Path) -> list[str]:
     return [
         f"model.path={model_dir}",
         "task.n_people=120",
@@ -98,7 +112,6 @@ def tiny_run_overrides(model_dir: Path, run_dir: Path, *extra: str) -> list[str]
         "train.steps=2",
         "train.device=cpu",
         f"train.run_dir={run_dir}",
-        *extra,
     ]
 
 

@@ -267,10 +267,10 @@ def run_chain(
 
 def _tiny_common(tiny) -> list[str]:
     """tiny_run_overrides' task, rollout and train settings (2 RL steps), and a short SFT."""
-    overrides = tiny_run_overrides(tiny.sft_dir, Path("run"), "algo.lr=5e-3", "train.seed=3")
     sft = ["sft.n_demos=4", "sft.batch_size=4", "sft.steps=8", "sft.lr=1e-2", "sft.warmup=0"]
-    keep = [o for o in overrides if not o.startswith(("model.path=", "train.run_dir="))]
-    return [*keep, "task.n_eval=4", "train.threads=1", "train.n_samples=4", *sft]
+    extra = ["algo.lr=5e-3", "train.seed=3", "task.n_eval=4", "train.threads=1", "train.n_samples=4", *sft]
+    overrides = tiny_run_overrides(tiny.sft_dir, Path("run"), *extra)
+    return [o for o in overrides if not o.startswith(("model.path=", "train.run_dir="))]
 
 
 @pytest.mark.parametrize(

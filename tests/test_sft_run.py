@@ -21,16 +21,8 @@ from arlkit.trajectory import Role
 
 
 def _overrides(tiny, run_dir, *extra: str) -> list[str]:
-    return [
-        *tiny_run_overrides(tiny.model_dir, run_dir),
-        "sft.n_demos=4",
-        "sft.batch_size=4",
-        "sft.steps=8",
-        "sft.lr=1e-2",
-        "sft.warmup=0",
-        "task.n_eval=2",
-        *extra,
-    ]
+    sft = ["sft.n_demos=4", "sft.batch_size=4", "sft.steps=8", "sft.lr=1e-2", "sft.warmup=0", "task.n_eval=2"]
+    return tiny_run_overrides(tiny.model_dir, run_dir, *sft, *extra)
 
 
 def test_demonstrations_are_gold_experts_on_the_rl_split(tiny, tmp_path) -> None:
@@ -87,9 +79,11 @@ def test_sft_cli(tiny, tmp_path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("sft:\n  steps: 2\n")
     overrides = [
-        o for o in _overrides(tiny, tmp_path / "run", "task.n_eval=0") if not o.startswith("sft.steps")
+        o
+        for o in _overrides(tiny, tmp_path / "run", "task.n_eval=0", "sft.n_demos=2")
+        if not o.startswith("sft.steps")
     ]
-    cmd = [sys.executable, "-m", "arlkit", "sft", str(config), *overrides, "sft.n_demos=2"]
+    cmd = [sys.executable, "-m", "arlkit", "sft", str(config), *overrides]
     out = subprocess.run(
         cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=300
     )
