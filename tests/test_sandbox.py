@@ -1,9 +1,9 @@
 """The `python` tool survives hostile code: an infinite loop, a memory bomb, a fork bomb, writing outside its
 directory and a network call each come back as an error observation, and the host process is unharmed.
 
-Every attack runs under the strongest isolation this host supports (`PythonTool.isolation`: on Linux with
-working user namespaces "namespace", so the network call meets a namespace with no interface) and under the
-"audit-hook" fallback alone (the network call meets the audit hook). The test ids say which.
+Every attack runs under bubblewrap (isolation "bwrap": the network call meets a namespace with no interface)
+and under the explicit "unsafe" mode, the audit hook alone (the network call meets the hook). The test ids say
+which. tests/test_sandbox_escapes.py holds the attacker's catalogue against bubblewrap itself.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from arlkit.errors import ArlkitError
-from arlkit.tools.python import PythonTool, _best_isolation
+from arlkit.tools.python import ISOLATIONS, PythonTool
 
-MODES = sorted({_best_isolation(), "audit-hook"})
+MODES = list(ISOLATIONS)
 
 
 def _attacks(outside: Path) -> dict[str, str]:
@@ -88,3 +88,19 @@ def test_bad_limits_fail_naming_the_value() -> None:
         PythonTool(isolation="docker")
     with pytest.raises(ArlkitError, match="memory_mb"):
         PythonTool(memory_mb=1)
+
+
+def test_without_bubblewrap_the_tool_refuses_unless_unsafe_is_asked_for(monkeypatch, caplog) -> None:
+    from arlkit.tools import bwrap
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # no bwrap on PATH
+    bwrap.available.cache_clear()
+    try:
+        with pytest.raises(ArlkitError, match=r'bwrap command is missing.*isolation="unsafe"'):
+            PythonTool()
+        unsafe = PythonTool(isolation="unsafe")
+        with caplog.at_level("WARNING", logger="arlkit.tools.python"):
+            assert unsafe(code="print(1)").text == "1\n" and unsafe(code="print(2)").text == "2\n"
+        assert [r.message.count("WITHOUT an OS sandbox") for r in caplog.records] == [1, 1]  # every call
+    finally:
+        bwrap.available.cache_clear()

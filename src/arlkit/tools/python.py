@@ -1,24 +1,25 @@
-"""The `python` tool: runs model-written code in a sandboxed subprocess and returns its stdout/stderr.
+"""The `python` tool: runs model-written code in a sandbox and returns its stdout/stderr.
 
-Layers (each stops a different escape; see tests/test_sandbox.py for the attacks they are tested against):
-- a fresh temporary working directory, removed afterwards; the interpreter in isolated mode (`-I`: no user
-  site, no PYTHON* variables, the script's folder not on sys.path) with a minimal environment;
-- resource limits set in the child before the code runs: address space (memory bombs), CPU seconds
-  (busy loops), file size (disk and output floods: stdout and stderr go to files in the working directory),
-  core dumps off, and, when the child runs under a user of its own, the process count (fork bombs);
-- an audit hook (PEP 578, tools/sandbox_child.py) refusing process creation, signals to other processes,
-  sockets, foreign-function calls, raising limits, and writes outside the working directory;
-- where `unshare` works, new user, network and PID namespaces: no network interface but a down loopback,
-  and every process the code starts dies with it; a root host also drops to the `nobody` user, so file
-  permissions protect the host's files;
-- a wall-clock timeout that kills the child's whole process group.
-`PythonTool.isolation` says which of "namespace+nobody", "namespace" or "audit-hook" is in force.
+Treat every call as hostile: a policy optimised for reward writes it. The boundary is the OS (PEP 578 says
+audit hooks are not one), in layers (tests/test_sandbox_escapes.py runs an attacker's catalogue against them):
+- bubblewrap (tools/bwrap.py): new user/PID/network/IPC/UTS namespaces, an unprivileged uid, a fresh /proc,
+  read-only binds of only the interpreter and its packages, an empty size-capped tmpfs as working directory;
+- resource limits set before the code runs and inherited by every process it starts: address space, CPU
+  seconds, file size, open files, core dumps off, and the process count (RLIMIT_NPROC, counted per user
+  namespace on Linux >= 5.14, so it bounds the sandbox's processes and nothing else). Memory summed over
+  children is therefore bounded by memory_mb * max_procs;
+- an audit hook (tools/sandbox_child.py) refusing process creation, signals, foreign code, sockets and
+  writes outside the working directory: defence in depth only;
+- a wall-clock timeout killing bwrap's process group; the PID namespace then takes every process with it.
+Without bubblewrap the tool refuses to start unless `isolation="unsafe"` is given, which runs the audit hook
+alone and warns on every call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -26,47 +27,27 @@ import signal
 import subprocess
 import sys
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 
 from arlkit.errors import ArlkitError
+from arlkit.tools import bwrap
 from arlkit.tools.base import ToolResult
+from arlkit.tools.cgroup import CallCgroup, writable_controllers
 
-__all__ = ["PythonTool"]
+__all__ = ["ISOLATIONS", "PythonTool"]
 
+ISOLATIONS = ("bwrap", "unsafe")
 _CHILD = str(Path(__file__).with_name("sandbox_child.py"))
-_UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child"]
-_NOBODY = 65534
 _DESCRIPTION = "Run a Python program and return what it prints. Use print() to see results."
-
-
-@lru_cache(maxsize=1)
-def _best_isolation() -> str:
-    """The strongest isolation this host supports, found once by running a trivial program under each."""
-    if sys.platform != "linux" or shutil.which("unshare") is None:
-        return "audit-hook"
-    candidates = ["namespace+nobody", "namespace"] if os.geteuid() == 0 else ["namespace"]
-    for mode in candidates:
-        with tempfile.TemporaryDirectory() as d:
-            if mode == "namespace+nobody":
-                os.chown(d, _NOBODY, _NOBODY)
-            try:
-                r = subprocess.run(
-                    [*_UNSHARE, sys.executable, "-I", "-c", "print(1)"],
-                    cwd=d,
-                    user=_NOBODY if mode == "namespace+nobody" else None,
-                    capture_output=True,
-                    timeout=20,
-                )
-            except (OSError, subprocess.SubprocessError):
-                continue
-            if r.returncode == 0 and r.stdout.strip() == b"1":
-                return mode
-    return "audit-hook"
+_log = logging.getLogger(__name__)
 
 
 class PythonTool:
-    """A :class:`~arlkit.tools.base.Tool` running Python code in a sandbox; stateless between calls."""
+    """A :class:`~arlkit.tools.base.Tool` running Python code in a sandbox; stateless between calls.
+
+    Raises:
+        ArlkitError: a bad limit, an unknown isolation, or isolation "bwrap" where bubblewrap does not work.
+    """
 
     def __init__(
         self,
@@ -74,74 +55,92 @@ class PythonTool:
         memory_mb: int = 512,
         max_output_chars: int = 2000,
         max_file_mb: int = 8,
-        max_procs: int = 64,
-        isolation: str = "auto",
+        max_procs: int = 16,
+        isolation: str = "bwrap",
         name: str = "python",
         description: str = _DESCRIPTION,
     ) -> None:
-        if time_limit_s <= 0 or memory_mb < 32 or max_output_chars < 1 or max_file_mb < 1:
+        if time_limit_s <= 0 or memory_mb < 32 or max_output_chars < 1 or max_file_mb < 1 or max_procs < 1:
             raise ArlkitError(
-                "PythonTool: time_limit_s > 0, memory_mb >= 32, max_output_chars >= 1 and max_file_mb >= 1 "
-                f"are needed, got {time_limit_s}, {memory_mb}, {max_output_chars}, {max_file_mb}"
+                "PythonTool: time_limit_s > 0, memory_mb >= 32, max_output_chars >= 1, max_file_mb >= 1 and "
+                f"max_procs >= 1 are needed, got {time_limit_s}, {memory_mb}, {max_output_chars}, "
+                f"{max_file_mb}, {max_procs}"
             )
-        valid = ("auto", "namespace+nobody", "namespace", "audit-hook")
-        if isolation not in valid:
-            raise ArlkitError(f"PythonTool: isolation must be one of {valid}, got {isolation!r}")
+        if isolation not in ISOLATIONS:
+            raise ArlkitError(f"PythonTool: isolation must be one of {ISOLATIONS}, got {isolation!r}")
+        if isolation == "bwrap" and (why := bwrap.available()) is not None:
+            raise ArlkitError(
+                f"PythonTool: model-written code runs only under bubblewrap, which does not work here: {why}. "
+                'Install it, or set isolation="unsafe" to run code with an audit hook alone (not a boundary).'
+            )
         self.time_limit_s, self.memory_mb, self.max_output_chars = time_limit_s, memory_mb, max_output_chars
-        self.max_file_mb, self.max_procs, self._isolation = max_file_mb, max_procs, isolation
+        self.max_file_mb, self.max_procs, self.isolation = max_file_mb, max_procs, isolation
         self.name, self.description = name, description
         self.parameters: dict = {
             "type": "object",
             "properties": {"code": {"type": "string", "description": "The Python program to run."}},
             "required": ["code"],
         }
+        caps = f"cgroups {','.join(writable_controllers()) or 'none (RLIMIT_NPROC only)'}"
+        _log.info("python tool: isolation %s (%s; %s)", isolation, _ISOLATION_NOTE[isolation], caps)
 
-    @property
-    def isolation(self) -> str:
-        return _best_isolation() if self._isolation == "auto" else self._isolation
-
-    def _spec(self, mode: str) -> dict:
+    def _spec(self) -> dict:
         rlimits = {
             "RLIMIT_AS": self.memory_mb * 2**20,
             "RLIMIT_CPU": math.ceil(self.time_limit_s) + 1,
             "RLIMIT_FSIZE": self.max_file_mb * 2**20,
+            "RLIMIT_NOFILE": 256,
             "RLIMIT_CORE": 0,
         }
-        if mode == "namespace+nobody":  # counted per user: meaningful only under a user of the child's own
+        if self.isolation == "bwrap":  # counted per user namespace: the sandbox's own processes only
             rlimits["RLIMIT_NPROC"] = self.max_procs
-        return {"rlimits": rlimits, "block_network": mode == "audit-hook"}
+        return {"rlimits": rlimits, "block_network": self.isolation == "unsafe"}
 
-    def _command(self, mode: str, snippet: str) -> list[str]:
-        child = [sys.executable, "-I", "-B", _CHILD, json.dumps(self._spec(mode)), snippet]
-        return child if mode == "audit-hook" else [*_UNSHARE, *child]
+    def _command(self, workdir: str) -> list[str]:
+        argv = [json.dumps(self._spec()), "main.py"]
+        if self.isolation == "unsafe":
+            return [sys.executable, "-I", "-B", _CHILD, *argv]
+        command = [sys.executable, "-I", "-B", bwrap.CHILD, *argv]
+        return bwrap.bwrap_command(str(Path(workdir, "main.py")), self._tmpfs_bytes, command)
+
+    @property
+    def _tmpfs_bytes(self) -> int:
+        return self.max_file_mb * 2**20 * 4  # a few files at the size limit
 
     def __call__(self, code: str) -> ToolResult:
         if not code.strip():
             return ToolResult("Error: the code was empty; write a program that prints its result.", ok=False)
-        mode = self.isolation
+        if self.isolation == "unsafe":
+            _log.warning("python tool: running model-written code WITHOUT an OS sandbox (isolation=unsafe)")
         workdir = tempfile.mkdtemp(prefix="arlkit-python-")
         try:
-            if mode == "namespace+nobody":
-                os.chown(workdir, _NOBODY, _NOBODY)
             Path(workdir, "main.py").write_text(code)
-            return self._run(mode, workdir)
+            if self.isolation == "unsafe":
+                return self._run(self._command(workdir), workdir)
+            # + 2: bwrap and its PID-1 reaper; memory: the code's and its tmpfs's pages
+            group = CallCgroup(self.max_procs + 2, self.memory_mb * 2**20 + self._tmpfs_bytes)
+            try:
+                return self._run(group.wrap(self._command(workdir)), workdir)
+            finally:
+                group.close()
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _run(self, mode: str, workdir: str) -> ToolResult:
-        env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
+    def _run(self, command: list[str], workdir: str) -> ToolResult:
+        home = workdir if self.isolation == "unsafe" else bwrap.WORKDIR
+        env = {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
         env["OPENBLAS_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"  # BLAS thread pools count as processes
+        # stdout and stderr go to host files outside the sandbox, capped by RLIMIT_FSIZE
         out_path, err_path = Path(workdir, ".stdout"), Path(workdir, ".stderr")
         with out_path.open("wb") as out, err_path.open("wb") as err:
             proc = subprocess.Popen(
-                self._command(mode, "main.py"),
+                command,
                 cwd=workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 start_new_session=True,  # its own process group, killed as a whole on timeout
-                user=_NOBODY if mode == "namespace+nobody" else None,
             )
             try:
                 code = proc.wait(timeout=self.time_limit_s + 1.0)  # + interpreter start-up
@@ -155,7 +154,13 @@ class PythonTool:
         return _result(code, timed_out, stdout, stderr, self.time_limit_s)
 
     def __repr__(self) -> str:
-        return f"PythonTool(time_limit_s={self.time_limit_s}, memory_mb={self.memory_mb})"
+        return f"PythonTool(time_limit_s={self.time_limit_s}, memory_mb={self.memory_mb}, isolation={self.isolation})"
+
+
+_ISOLATION_NOTE = {
+    "bwrap": "bubblewrap namespaces, unprivileged uid, read-only interpreter, tmpfs working directory",
+    "unsafe": "audit hook only, NOT a security boundary",
+}
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

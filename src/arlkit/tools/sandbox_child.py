@@ -34,6 +34,10 @@ _DENIED = frozenset(
         "ctypes.dlsym",
         "ctypes.dlsym/handle",
         "ctypes.addressof",
+        "os.mkfifo",
+        "os.mknod",
+        "os.setxattr",
+        "os.removexattr",
     }
 )
 _SOCKETS = frozenset(
@@ -74,6 +78,8 @@ def _hook(workdir: str, block_network: bool):
     def hook(event: str, args: tuple) -> None:
         if event in _DENIED or (block_network and event in _SOCKETS):
             raise PermissionError(f"sandbox: {event} is not allowed")
+        if event == "ctypes.dlopen" and args and args[0] is not None:  # None: the interpreter itself
+            raise PermissionError(f"sandbox: loading the shared library {args[0]!r} is not allowed")
         if event in ("os.kill", "os.killpg") and args and args[0] not in (me, 0):
             raise PermissionError(f"sandbox: {event} of another process is not allowed")
         if event == "open" and len(args) >= 3:
