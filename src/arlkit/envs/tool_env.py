@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from arlkit.envs.parsing import ActionFormat, ParsedAction, ToolCall, get_format
-from arlkit.envs.rewards import default_reward
+from arlkit.envs.rewards import bounded_process_reward, default_reward
 from arlkit.errors import ArlkitError
 from arlkit.tools.base import (
     RowTool,
@@ -96,6 +96,7 @@ class EnvState:
     finish_reason: str | None
     records: tuple[ToolCallRecord, ...]
     syntax_errors: int
+    process_reward_sum: float = 0.0  # earned so far, against the episode's cap
 
 
 @runtime_checkable
@@ -206,10 +207,31 @@ class ToolEnv:
         process_reward: ProcessReward | None = None,
         max_tool_rounds: int | None = None,
         reward_weights: Mapping[str, float] | None = None,
+        max_calls_per_action: int = 8,
+        max_concurrent_calls: int = 4,
+        process_reward_step_cap: float = 0.3,
+        process_reward_episode_cap: float = 0.5,
     ) -> None:
         """`reward_weights` names reward components, metrics of the scorer (or of the episode, such as
         `format_ok`): the final reward is their weighted sum, each logged as `reward/<name>`. Without it
-        `reward_fn` (default: Agent-R1's) maps the metrics to the reward."""
+        `reward_fn` (default: Agent-R1's) maps the metrics to the reward.
+
+        Caps against a policy farming tools (issue 19): an action's calls past `max_calls_per_action` are
+        not run and get an error observation; at most `max_concurrent_calls` of one action run at once;
+        process rewards (the tools' and `process_reward`'s) are bounded per step and per episode
+        (rewards.bounded_process_reward) and none is paid on the last turn, whose observations the policy
+        never reads."""
+        if max_calls_per_action < 1 or max_concurrent_calls < 1:
+            raise ArlkitError(
+                f"max_calls_per_action and max_concurrent_calls must be >= 1, got {max_calls_per_action}, "
+                f"{max_concurrent_calls}"
+            )
+        if process_reward_step_cap < 0 or process_reward_episode_cap < 0:
+            raise ArlkitError(
+                f"process reward caps must be >= 0, got {process_reward_step_cap}, {process_reward_episode_cap}"
+            )
+        self.max_calls_per_action, self.max_concurrent_calls = max_calls_per_action, max_concurrent_calls
+        self.process_reward_caps = (process_reward_step_cap, process_reward_episode_cap)
         if reward_weights is not None and reward_fn is not None:
             raise ArlkitError("give a ToolEnv reward_fn or reward_weights, not both")
         self.reward_weights = dict(reward_weights) if reward_weights is not None else None
@@ -284,6 +306,7 @@ class ToolEnv:
         self._finish_reason: str | None = None
         self._records: list[ToolCallRecord] = []
         self._syntax_errors = 0
+        self._process_reward_sum = 0.0
 
     def snapshot(self) -> EnvState:
         """The episode's state (cheap: no tool is re-run); `restore` on a copy of the env continues from it."""
@@ -295,12 +318,14 @@ class ToolEnv:
             self._finish_reason,
             tuple(self._records),
             self._syntax_errors,
+            self._process_reward_sum,
         )
 
     def restore(self, state: EnvState) -> None:
         self._row, self._turns, self._done = state.row, state.turns, state.done
         self._answer, self._finish_reason = state.answer, state.finish_reason
         self._records, self._syntax_errors = list(state.records), state.syntax_errors
+        self._process_reward_sum = state.process_reward_sum
 
     @property
     def tools_schema(self) -> list[dict]:
@@ -341,19 +366,27 @@ class ToolEnv:
         if not parsed.calls and not parsed.errors:
             return self._finish("no_action", ())
         refused = self._capped
-        outcomes = self._run_calls(parsed.calls, refused)
+        cap = self.max_calls_per_action
+        outcomes = self._run_calls(parsed.calls[:cap], refused)
+        outcomes += [_fail(c, f"not run: at most {cap} tool calls per action") for c in parsed.calls[cap:]]
         self._tool_rounds += int(not refused)
         outcomes += [_fail(ToolCall(PARSE_ERROR_NAME, {}), e, syntax=True) for e in parsed.errors]
         self._syntax_errors += sum(o.syntax_error for o in outcomes)
         records = tuple(o.record for o in outcomes)
         self._records += records
-        reward = float(sum(o.reward for o in outcomes if o.reward is not None))
-        if self.process_reward is not None:
-            reward += sum(float(self.process_reward(self._row, o.record, o.content)) for o in outcomes)
-        if self._turns >= self.max_turns:
-            return self._finish("max_turns", records, reward)
+        if self._turns >= self.max_turns:  # the policy never sees these results: they earn nothing
+            return self._finish("max_turns", records)
+        reward = self._process_reward(outcomes)
         observations = tuple({"role": "tool", "content": o.content} for o in outcomes)
         return StepResult(observations, reward, False, records, None, None)
+
+    def _process_reward(self, outcomes: list[_Outcome]) -> float:
+        total = float(sum(o.reward for o in outcomes if o.reward is not None))
+        if self.process_reward is not None:
+            total += sum(float(self.process_reward(self._row, o.record, o.content)) for o in outcomes)
+        reward = bounded_process_reward(total, self._process_reward_sum, *self.process_reward_caps)
+        self._process_reward_sum += reward
+        return reward
 
     def _parse(self, action: str) -> ParsedAction:
         try:
@@ -380,15 +413,17 @@ class ToolEnv:
         return _CallJob(tool, args)
 
     def _run_calls(self, calls: Sequence[ToolCall], refused: bool = False) -> list[_Outcome]:
-        """Run the calls concurrently, each under ``tool_timeout_s``; outcomes in call order (all refused when
+        """Run the calls, at most `max_concurrent_calls` at once, each under ``tool_timeout_s``; outcomes in call order (all refused when
         `refused`)."""
         prepared = [self._prepare(c, refused) for c in calls]
         jobs = [p for p in prepared if isinstance(p, _CallJob)]
-        for job in jobs:
-            _THREADS.submit(job)
-        deadline = time.monotonic() + self.tool_timeout_s
-        for job in jobs:
-            job.done.wait(max(0.0, deadline - time.monotonic()))
+        width = self.max_concurrent_calls  # waves of at most this many, each under the timeout
+        for wave in (jobs[i : i + width] for i in range(0, len(jobs), width)):
+            for job in wave:
+                _THREADS.submit(job)
+            deadline = time.monotonic() + self.tool_timeout_s
+            for job in wave:
+                job.done.wait(max(0.0, deadline - time.monotonic()))
         return [
             p if isinstance(p, _Outcome) else self._collect(c, p)
             for c, p in zip(calls, prepared, strict=True)
