@@ -104,3 +104,26 @@ def test_without_bubblewrap_the_tool_refuses_unless_unsafe_is_asked_for(monkeypa
         assert [r.message.count("WITHOUT an OS sandbox") for r in caplog.records] == [1, 1]  # every call
     finally:
         bwrap.available.cache_clear()
+
+
+def test_sandboxes_alive_at_once_are_bounded_per_process(monkeypatch) -> None:
+    import threading
+
+    from arlkit.tools import python
+
+    monkeypatch.setattr(python, "SANDBOX_SLOTS", threading.BoundedSemaphore(1))
+    tool = PythonTool(time_limit_s=2.0)
+    code = "import time, os\nprint(time.time())\ntime.sleep(0.4)\nprint(time.time())"
+    spans: list[list[float]] = []
+    threads = [
+        threading.Thread(target=lambda: spans.append(list(map(float, tool(code=code).text.split()))))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first, second = sorted(spans)
+    assert (
+        len(first) == len(second) == 2 and second[0] >= first[1]
+    )  # the second started after the first ended

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from arlkit.errors import ArlkitError
@@ -40,6 +41,9 @@ ISOLATIONS = ("bwrap", "unsafe")
 _CHILD = str(Path(__file__).with_name("sandbox_child.py"))
 _DESCRIPTION = "Run a Python program and return what it prints. Use print() to see results."
 _log = logging.getLogger(__name__)
+# sandboxes alive at once in this process, over every env and episode: a rollout of 64 episodes must not start
+# 64 interpreters on a 2-core machine; a call waits for a slot (its wait counts toward the env's tool timeout)
+SANDBOX_SLOTS = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
 
 
 class PythonTool:
@@ -112,6 +116,10 @@ class PythonTool:
             return ToolResult("Error: the code was empty; write a program that prints its result.", ok=False)
         if self.isolation == "unsafe":
             _log.warning("python tool: running model-written code WITHOUT an OS sandbox (isolation=unsafe)")
+        with SANDBOX_SLOTS:
+            return self._call(code)
+
+    def _call(self, code: str) -> ToolResult:
         workdir = tempfile.mkdtemp(prefix="arlkit-python-")
         try:
             Path(workdir, "main.py").write_text(code)
