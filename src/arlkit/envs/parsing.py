@@ -4,6 +4,15 @@ Two formats: ``hermes`` (``<tool_call>{"name": ..., "arguments": {...}}</tool_ca
 chat template uses) and ``tags`` (``<search>query</search>``, Search-R1/DART style). Both use
 ``<answer>...</answer>`` for the final answer. Parsing never raises on model output: malformed
 calls become messages in :attr:`ParsedAction.errors`.
+
+Rules (issue 19; tests/test_parsing_rules.py): text inside ``<think>...</think>`` (or after an unclosed
+``<think>``) is reasoning: its calls do not run and its answers do not count. An answer counts only outside
+every call block, so an ``<answer>`` inside a call's argument, or crossing a call's tags, is not one. An
+unclosed ``<answer>`` is no answer, and calls after it run. A call the model did not close does not run (an
+error observation says so); an open tag inside an unclosed block starts a new block. In hermes a call's
+JSON object is read as JSON, so tags inside its strings are argument text: a call written inside another
+call's argument does not run. In tags, a tool's open tag inside another block of the same tool leaves the
+outer one unclosed (an error).
 """
 
 from __future__ import annotations
@@ -26,9 +35,11 @@ __all__ = [
     "ToolCall",
     "extract_answer",
     "get_format",
+    "without_thinking",
 ]
 
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _TAG_NAME = re.compile(r"^[A-Za-z_][\w-]*$")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -76,6 +87,29 @@ def extract_answer(text: str) -> str | None:
     return found.strip() if found is not None else None
 
 
+def without_thinking(text: str) -> str:
+    """``text`` with every ``<think>...</think>`` block removed, and everything after an unclosed one."""
+    parts, pos = [], 0
+    while (o := text.find(THINK_OPEN, pos)) != -1:
+        parts.append(text[pos:o])
+        c = text.find(THINK_CLOSE, o + len(THINK_OPEN))
+        if c == -1:
+            return "".join(parts)
+        pos = c + len(THINK_CLOSE)
+    return "".join(parts) + text[pos:]
+
+
+def _answer_outside(text: str, blocks: Sequence[tuple[int, int]]) -> str | None:
+    """The last answer standing wholly between the well-formed call blocks (start, end) of ``text``: one
+    that holds or crosses a call is none."""
+    answer, pos = None, 0
+    for start, end in [*sorted(blocks), (len(text), len(text))]:
+        if (found := extract_answer(text[pos:start])) is not None:
+            answer = found
+        pos = max(pos, end)
+    return answer
+
+
 def _positions(text: str, tag: str) -> list[int]:
     """Sorted start offsets of every occurrence of ``tag`` (tags cannot overlap themselves: '<…>')."""
     return [m.start() for m in re.finditer(re.escape(tag), text)]
@@ -87,8 +121,10 @@ def _next(positions: list[int], pos: int) -> int:
     return positions[i] if i < len(positions) else -1
 
 
-def _scan_blocks(text: str, open_tag: str, close_tag: str) -> list[tuple[int, str | None, str | None]]:
-    """(position, body, error) of each ``open_tag ... close_tag`` block in order.
+def _scan_blocks(
+    text: str, open_tag: str, close_tag: str, offset: int = 0
+) -> list[tuple[int, str | None, str | None]]:
+    """(position + offset, body, error) of each ``open_tag ... close_tag`` block in order.
 
     Unclosed opens (including an open followed by another open) and stray closes become errors
     with body None, so one malformed block does not swallow the well-formed ones after it. Tag offsets
@@ -103,19 +139,48 @@ def _scan_blocks(text: str, open_tag: str, close_tag: str) -> list[tuple[int, st
         if o == -1 and c == -1:
             return blocks
         if o == -1 or (c != -1 and c < o):
-            blocks.append((c, None, f"found {close_tag} without a matching {open_tag}"))
+            blocks.append((c + offset, None, f"found {close_tag} without a matching {open_tag}"))
             pos = c + len(close_tag)
             continue
         start = o + len(open_tag)
         c, nxt = _next(closes, start), _next(opens, start)
         if c == -1 or (nxt != -1 and nxt < c):
-            blocks.append((o, None, f"unclosed {open_tag} (missing {close_tag})"))
+            blocks.append((o + offset, None, f"unclosed {open_tag} (missing {close_tag})"))
             if nxt == -1:
                 return blocks
             pos = nxt
             continue
-        blocks.append((o, text[start:c], None))
+        blocks.append((o + offset, text[start:c], None))
         pos = c + len(close_tag)
+
+
+def _json_block_end(text: str, start: int, close_tag: str) -> int | None:
+    """Where ``close_tag`` starts when a JSON object begins at ``start`` (after blanks) and the tag follows
+    it, else None. Tags inside the object's strings are then argument text, not calls or answers."""
+    j = start + len(text[start : start + 64]) - len(text[start : start + 64].lstrip())
+    if not text.startswith("{", j):
+        return None
+    try:
+        _, end = _DECODER.raw_decode(text, j)
+    except (ValueError, RecursionError):
+        return None
+    k = end + len(text[end : end + 64]) - len(text[end : end + 64].lstrip())
+    return k if text.startswith(close_tag, k) else None
+
+
+def _hermes_blocks(text: str, open_tag: str, close_tag: str) -> list[tuple[int, str | None, str | None]]:
+    """As :func:`_scan_blocks`, but a block whose body is one JSON object ends at the close tag after that
+    object, so tags inside its strings (a call or an answer in an argument) stay argument text."""
+    blocks: list[tuple[int, str | None, str | None]] = []
+    pos = 0
+    while (o := text.find(open_tag, pos)) != -1:
+        blocks += _scan_blocks(text[pos:o], open_tag, close_tag, offset=pos)  # stray closes before it
+        end = _json_block_end(text, o + len(open_tag), close_tag)
+        if end is None:  # not a JSON object closed by the tag: the plain scan decides from here
+            return blocks + _scan_blocks(text[o:], open_tag, close_tag, offset=o)
+        blocks.append((o, text[o + len(open_tag) : end], None))
+        pos = end + len(close_tag)
+    return blocks + _scan_blocks(text[pos:], open_tag, close_tag, offset=pos)
 
 
 def _json_kind(value: object) -> str:
@@ -124,6 +189,7 @@ def _json_kind(value: object) -> str:
 
 
 _NOT_JSON = object()
+_DECODER = json.JSONDecoder()
 
 
 def _load_json(text: str) -> tuple[object, str | None]:
@@ -182,15 +248,19 @@ class HermesFormat:
     call_close = "</tool_call>"
 
     def parse(self, text: str) -> ParsedAction:
+        text = without_thinking(text)
         calls: list[ToolCall] = []
         errors: list[str] = []
-        for n, (_, body, error) in enumerate(_scan_blocks(text, self.call_open, self.call_close), 1):
+        spans: list[tuple[int, int]] = []
+        for n, (pos, body, error) in enumerate(_hermes_blocks(text, self.call_open, self.call_close), 1):
+            if body is not None:
+                spans.append((pos, pos + len(self.call_open) + len(body) + len(self.call_close)))
             parsed = _parse_hermes_body(body) if body is not None else error
             if isinstance(parsed, ToolCall):
                 calls.append(parsed)
             else:
                 errors.append(f"malformed tool call #{n}: {parsed}")
-        return ParsedAction(tuple(calls), tuple(errors), extract_answer(text))
+        return ParsedAction(tuple(calls), tuple(errors), _answer_outside(text, spans))
 
     def instructions(self) -> str:
         return (
@@ -228,18 +298,21 @@ class TagsFormat:
         self.call_close = f"</{names[0]}>"
 
     def parse(self, text: str) -> ParsedAction:
+        text = without_thinking(text)
         found: list[tuple[int, str, str | None, str | None]] = []
         for tname in self.tool_names:
             found += [(p, tname, b, e) for p, b, e in _scan_blocks(text, f"<{tname}>", f"</{tname}>")]
         found.sort(key=lambda f: f[0])
         calls: list[ToolCall] = []
         errors: list[str] = []
-        for n, (_, tname, body, error) in enumerate(found, 1):
+        spans: list[tuple[int, int]] = []
+        for n, (pos, tname, body, error) in enumerate(found, 1):
             if body is None:
                 errors.append(f"malformed tool call #{n}: {error}")
             else:
                 calls.append(ToolCall(tname, {self.param_names[tname]: body.strip()}))
-        return ParsedAction(tuple(calls), tuple(errors), extract_answer(text))
+                spans.append((pos, pos + 2 * len(tname) + 5 + len(body)))  # <name>body</name>
+        return ParsedAction(tuple(calls), tuple(errors), _answer_outside(text, spans))
 
     def instructions(self) -> str:
         uses = ", ".join(f"<{n}>{self.param_names[n]}</{n}>" for n in self.tool_names)
