@@ -180,3 +180,19 @@ def test_the_working_directory_is_size_capped(tool) -> None:
     code = "for i in range(20):\n    open(f'f{i}', 'wb').write(b'0' * 900_000)\nprint('fil' + 'led')"
     out = _run(tool, code)
     assert out.startswith("Error: OSError: [Errno 28] No space left on device"), out
+
+
+def test_syscalls_code_has_no_business_making_are_refused_by_seccomp(tool) -> None:
+    # a fresh interpreter started by fork_exec has no audit hook, so ctypes reaches the kernel directly
+    child = (
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "for name, nr in [('ptrace', 101), ('keyctl', 250), ('bpf', 321), ('perf_event_open', 298), "
+        "('process_vm_readv', 310), ('unshare', 272), ('mount', 165)]:\n"
+        "    ctypes.set_errno(0)\n    r = libc.syscall(nr, 0, 0, 0, 0, 0)\n    print(name, r, ctypes.get_errno())\n"
+        "print('getpid', libc.syscall(39))"
+    )
+    code = SPAWN + f"import os, sys\nos.waitpid(spawn(sys.executable, '-I', '-c', {child!r}), 0)"
+    lines = dict(line.split(" ", 1) for line in _run(tool, code).splitlines() if line)
+    for name in ("ptrace", "keyctl", "bpf", "perf_event_open", "process_vm_readv", "unshare", "mount"):
+        assert lines[name] == "-1 1", (name, lines)  # -1 with errno EPERM (1)
+    assert int(lines["getpid"]) > 1  # other syscalls work

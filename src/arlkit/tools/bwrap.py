@@ -38,9 +38,12 @@ def _interpreter_roots() -> list[str]:
     return roots
 
 
-def bwrap_command(program: str, tmpfs_bytes: int, command: list[str]) -> list[str]:
+def bwrap_command(
+    program: str, tmpfs_bytes: int, command: list[str], seccomp_fd: int | None = None
+) -> list[str]:
     """The argv running `command` in the sandbox, with the host file `program` bound read-only as ./main.py
-    and tools/sandbox_child.py as CHILD; `tmpfs_bytes` caps the working directory."""
+    and tools/sandbox_child.py as CHILD; `tmpfs_bytes` caps the working directory; `seccomp_fd`, an
+    inherited descriptor holding a filter (tools/seccomp.py), applies it to everything in the sandbox."""
     cmd = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
     cmd += ["--unshare-cgroup-try", "--uid", "65534", "--gid", "65534", "--disable-userns"]
     cmd += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
@@ -53,6 +56,8 @@ def bwrap_command(program: str, tmpfs_bytes: int, command: list[str]) -> list[st
         cmd += ["--ro-bind", root, root]
     cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmpfs_bytes), "--tmpfs", WORKDIR]
     cmd += ["--ro-bind", _CHILD_HOST, CHILD, "--ro-bind", program, f"{WORKDIR}/main.py", "--chdir", WORKDIR]
+    if seccomp_fd is not None:
+        cmd += ["--seccomp", str(seccomp_fd)]
     return [*cmd, *command]
 
 

@@ -3,7 +3,9 @@
 Treat every call as hostile: a policy optimised for reward writes it. The boundary is the OS (PEP 578 says
 audit hooks are not one), in layers (tests/test_sandbox_escapes.py runs an attacker's catalogue against them):
 - bubblewrap (tools/bwrap.py): new user/PID/network/IPC/UTS namespaces, an unprivileged uid, a fresh /proc,
-  read-only binds of only the interpreter and its packages, an empty size-capped tmpfs as working directory;
+  read-only binds of only the interpreter and its packages, an empty size-capped tmpfs as working directory,
+  and a seccomp filter (tools/seccomp.py) refusing ptrace, bpf, keyctl, perf, mount, namespaces, ...;
+- a cgroup per call (tools/cgroup.py) capping processes and memory summed over all of them, where writable;
 - resource limits set before the code runs and inherited by every process it starts: address space, CPU
   seconds, file size, open files, core dumps off, and the process count (RLIMIT_NPROC, counted per user
   namespace on Linux >= 5.14, so it bounds the sandbox's processes and nothing else). Memory summed over
@@ -31,7 +33,7 @@ import threading
 from pathlib import Path
 
 from arlkit.errors import ArlkitError
-from arlkit.tools import bwrap
+from arlkit.tools import bwrap, seccomp
 from arlkit.tools.base import ToolResult
 from arlkit.tools.cgroup import CallCgroup, writable_controllers
 
@@ -100,12 +102,12 @@ class PythonTool:
             rlimits["RLIMIT_NPROC"] = self.max_procs
         return {"rlimits": rlimits, "block_network": self.isolation == "unsafe"}
 
-    def _command(self, workdir: str) -> list[str]:
+    def _command(self, workdir: str, seccomp_fd: int | None = None) -> list[str]:
         argv = [json.dumps(self._spec()), "main.py"]
         if self.isolation == "unsafe":
             return [sys.executable, "-I", "-B", _CHILD, *argv]
         command = [sys.executable, "-I", "-B", bwrap.CHILD, *argv]
-        return bwrap.bwrap_command(str(Path(workdir, "main.py")), self._tmpfs_bytes, command)
+        return bwrap.bwrap_command(str(Path(workdir, "main.py")), self._tmpfs_bytes, command, seccomp_fd)
 
     @property
     def _tmpfs_bytes(self) -> int:
@@ -127,14 +129,18 @@ class PythonTool:
                 return self._run(self._command(workdir), workdir)
             # + 2: bwrap and its PID-1 reaper; memory: the code's and its tmpfs's pages
             group = CallCgroup(self.max_procs + 2, self.memory_mb * 2**20 + self._tmpfs_bytes)
+            filter_fd = _seccomp_fd()
             try:
-                return self._run(group.wrap(self._command(workdir)), workdir)
+                command = group.wrap(self._command(workdir, filter_fd))
+                return self._run(command, workdir, () if filter_fd is None else (filter_fd,))
             finally:
                 group.close()
+                if filter_fd is not None:
+                    os.close(filter_fd)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _run(self, command: list[str], workdir: str) -> ToolResult:
+    def _run(self, command: list[str], workdir: str, pass_fds: tuple[int, ...] = ()) -> ToolResult:
         home = workdir if self.isolation == "unsafe" else bwrap.WORKDIR
         env = {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
         env["OPENBLAS_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"  # BLAS thread pools count as processes
@@ -149,6 +155,7 @@ class PythonTool:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,  # its own process group, killed as a whole on timeout
+                pass_fds=pass_fds,
             )
             try:
                 code = proc.wait(timeout=self.time_limit_s + 1.0)  # + interpreter start-up
@@ -169,6 +176,17 @@ _ISOLATION_NOTE = {
     "bwrap": "bubblewrap namespaces, unprivileged uid, read-only interpreter, tmpfs working directory",
     "unsafe": "audit hook only, NOT a security boundary",
 }
+
+
+def _seccomp_fd() -> int | None:
+    """A fresh descriptor holding the seccomp filter for bwrap to read (it reads to the end), or None."""
+    filt = seccomp.program()
+    if filt is None:
+        return None
+    fd = os.memfd_create("arlkit-seccomp", 0)
+    os.write(fd, filt)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
