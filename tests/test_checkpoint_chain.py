@@ -270,6 +270,8 @@ def _tiny_common(tiny) -> list[str]:
     sft = ["sft.n_demos=4", "sft.batch_size=4", "sft.steps=8", "sft.lr=1e-2", "sft.warmup=0"]
     extra = ["algo.lr=5e-3", "train.seed=3", "task.n_eval=4", "train.threads=1", "train.n_samples=4", *sft]
     overrides = tiny_run_overrides(tiny.sft_dir, Path("run"), *extra)
+    # one value per key (the later wins): the `arlkit eval` command line refuses an override given twice
+    overrides = list({o.split("=", 1)[0]: o for o in overrides}.values())
     return [o for o in overrides if not o.startswith(("model.path=", "train.run_dir="))]
 
 
