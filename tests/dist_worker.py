@@ -25,7 +25,8 @@ from arlkit.train.setup import setup
 
 def run_variant(overrides: list[str], trajs: list) -> tuple[dict, dict]:
     """Overrides ending in "#rank0_only" give ranks other than 0 no trajectories (all filtered out, say)."""
-    s = setup(load_config(None, [o for o in overrides if not o.startswith("#")]), Console(quiet=True))
+    cfg = load_config(None, [o for o in overrides if not o.startswith("#")])
+    s = setup(cfg, Console(quiet=True), run_mode=None)  # variants run one after another: no run folder
     mine = [t for t in trajs if t.group_id % s.dist.world_size == s.dist.rank]
     if overrides[-1] == "#rank0_only" and s.dist.rank:
         mine = []

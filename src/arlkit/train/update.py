@@ -325,7 +325,9 @@ def _actor_loss(
     keep = torch.ones_like(mask) if select is None else select
     adv = adv * keep
     corr_stats: dict[str, float] = {}
-    if algo.rollout_correction != "none":  # w ≥ 0 on the advantage scales each token's policy loss by w
+    # w ≥ 0 on the advantage scales each token's policy loss by w; "auto" unresolved (an AlgoConfig built
+    # outside a Config, which resolves it at load) means none
+    if algo.rollout_correction not in ("none", "auto"):
         corr = _rollout_correction(old, mb, algo)
         adv = adv * corr.weights
         corr_stats = {f"rollout_corr/{k}": float(v) for k, v in corr.stats.items()}
