@@ -63,39 +63,24 @@ def env_factory(kind: str, task, max_turns: int):
 
 
 def start_vllm(model, tok, args: argparse.Namespace, seed: int):
-    """A vLLM server (rollout.backend vllm: `make install-vllm`) on this model's weights, exported as arlkit
-    exports a policy; returns (its runner, its VLLMSampler, seconds to start)."""
+    """A vLLM server (rollout.backend vllm: `make install-vllm`) on this model's weights, started as a run
+    starts its own; returns (its runner, its VLLMSampler, seconds to start)."""
     from arlkit.config import VLLMConfig
-    from arlkit.rollout.vllm_backend import (
-        VLLMGenerator,
-        VLLMSampler,
-        export_model,
-        max_model_len,
-        probe_ids,
-        server_args,
-        sync_folder,
-    )
-    from arlkit.rollout.vllm_server import VLLMServer, find_python
+    from arlkit.rollout.vllm_backend import VLLMGenerator, VLLMSampler, probe_ids, start_server, sync_folder
 
     folder = sync_folder(None)
-    export_model(model, tok, folder, DTYPES[args.dtype])
-    flags = server_args(
+    start = time.perf_counter()
+    server = start_server(
+        model,
+        tok,
         VLLMConfig(),
-        dtype=args.dtype,
-        max_model_len=max_model_len(model, args.max_length),
+        folder,
+        dtype=DTYPES[args.dtype],
+        max_length=args.max_length,
         max_num_seqs=args.episodes,
         seed=seed,
         on_gpu=args.device == "cuda",
     )
-    server = VLLMServer(
-        python=find_python(None),
-        model_dir=str(folder),
-        args=flags,
-        env={"VLLM_CPU_KVCACHE_SPACE": "2"},
-        log_path=folder / "server.log",
-    )
-    start = time.perf_counter()
-    server.start()
     started = time.perf_counter() - start
     gen = VLLMGenerator(server, seed=seed, max_concurrency=args.episodes)
     sampler = VLLMSampler(

@@ -29,16 +29,7 @@ from peft import LoraConfig, get_peft_model
 from arlkit.config import VLLMConfig
 from arlkit.models.loading import DTYPES
 from arlkit.rollout.generator import SamplingParams
-from arlkit.rollout.vllm_backend import (
-    VLLMGenerator,
-    VLLMSampler,
-    export_model,
-    max_model_len,
-    probe_ids,
-    server_args,
-    sync_folder,
-)
-from arlkit.rollout.vllm_server import VLLMServer, find_python
+from arlkit.rollout.vllm_backend import VLLMGenerator, VLLMSampler, probe_ids, start_server, sync_folder
 
 
 def lora_policy(model: torch.nn.Module, rank: int) -> torch.nn.Module:
@@ -55,20 +46,19 @@ def start(policy, tok, args, extra: list[str], env: dict[str, str]) -> tuple[VLL
     folder = sync_folder(None)
     # merged: the server starts on the policy as it is; adapter: on the base, the adapter comes by request
     source = policy if not extra else policy.get_base_model()
-    export_model(source, tok, folder, DTYPES[args.dtype])
-    flags = server_args(
+    t0 = time.perf_counter()
+    server = start_server(
+        source,
+        tok,
         VLLMConfig(extra_args=extra),
-        dtype=args.dtype,
-        max_model_len=max_model_len(policy, 1024),
+        folder,
+        dtype=DTYPES[args.dtype],
+        max_length=1024,
         max_num_seqs=args.prompts,
         seed=0,
         on_gpu=args.device == "cuda",
+        extra_env=env,
     )
-    server = VLLMServer(
-        python=find_python(None), model_dir=str(folder), args=flags, env=env, log_path=folder / "server.log"
-    )
-    t0 = time.perf_counter()
-    server.start()
     started = time.perf_counter() - t0
     gen = VLLMGenerator(server, seed=0, max_concurrency=args.prompts)
     sampler = VLLMSampler(
@@ -110,7 +100,7 @@ def timed_generation(sampler: VLLMSampler, prompts, args, model_name: str) -> fl
 
 
 def run_merged(policy, tok, prompts, args) -> dict:
-    sampler, started = start(policy, tok, args, [], {"VLLM_CPU_KVCACHE_SPACE": "2"})
+    sampler, started = start(policy, tok, args, [], {})
     try:
         syncs = []
         for _ in range(3):
@@ -128,7 +118,7 @@ def run_merged(policy, tok, prompts, args) -> dict:
 
 def run_adapter(policy, tok, prompts, args) -> dict:
     extra = ["--enable-lora", "--max-lora-rank", str(args.rank), "--max-loras", "1"]
-    env = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     sampler, started = start(policy, tok, args, extra, env)
     url = sampler.server.url
     try:

@@ -30,9 +30,8 @@ from arlkit.rollout.vllm_backend import (
     VLLMGenerator,
     VLLMSampler,
     build_vllm,
-    export_model,
     probe_ids,
-    server_args,
+    start_server,
 )
 from arlkit.rollout.vllm_server import VLLMServer, find_python
 from arlkit.train.checkpoint import resume_run, save_checkpoint
@@ -48,18 +47,17 @@ def _load(path: Path) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def server(tiny, tmp_path_factory):
     folder = tmp_path_factory.mktemp("vllm_model")
-    export_model(_load(tiny.sft_dir), tiny.tokenizer, folder, torch.float32)
-    args = server_args(
-        VLLMConfig(), dtype="float32", max_model_len=512, max_num_seqs=64, seed=0, on_gpu=False
+    srv = start_server(
+        _load(tiny.sft_dir),
+        tiny.tokenizer,
+        VLLMConfig(kv_cache_gb=1),
+        folder,
+        dtype=torch.float32,
+        max_length=512,
+        max_num_seqs=64,
+        seed=0,
+        on_gpu=False,
     )
-    srv = VLLMServer(
-        python=find_python(None),
-        model_dir=str(folder),
-        args=args,
-        env={"VLLM_CPU_KVCACHE_SPACE": "1"},
-        log_path=folder / "server.log",
-    )
-    srv.start()
     yield srv
     srv.stop()
 

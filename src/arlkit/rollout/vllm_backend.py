@@ -328,31 +328,23 @@ def build_vllm(cfg, policy, run_path: Path, seed: int) -> VLLMSampler:
     on_gpu = cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available())
     dtype = torch.bfloat16 if r.dtype == "bfloat16" else next(policy.model.parameters()).dtype
     sync_dir = sync_folder(v.sync_dir)
-    log = run_path / "vllm_server.log"
-    if v.url is None:
-        python = find_python(v.python)
-        export_model(policy.model, policy.tokenizer, sync_dir, dtype)
-        args = server_args(
-            v,
-            dtype=str(dtype).removeprefix("torch."),
-            max_model_len=max_model_len(policy.model, r.max_length),
-            max_num_seqs=r.max_batch,
-            seed=seed,
-            on_gpu=on_gpu,
-        )
-        env = {"VLLM_CPU_KVCACHE_SPACE": str(v.kv_cache_gb)}
-        server = VLLMServer(
-            python=python,
-            model_dir=str(sync_dir),
-            args=args,
-            env=env,
-            log_path=log,
-            start_timeout=v.start_timeout,
-        )
-    else:
-        server = VLLMServer(url=v.url, log_path=None)
     try:
-        server.start()
+        if v.url is None:
+            server = start_server(
+                policy.model,
+                policy.tokenizer,
+                v,
+                sync_dir,
+                dtype=dtype,
+                max_length=r.max_length,
+                max_num_seqs=r.max_batch,
+                seed=seed,
+                on_gpu=on_gpu,
+                log_path=run_path / "vllm_server.log",
+            )
+        else:
+            server = VLLMServer(url=v.url, log_path=None)
+            server.start()
     except BaseException:
         remove_dir(sync_dir)
         raise
@@ -374,6 +366,49 @@ def build_vllm(cfg, policy, run_path: Path, seed: int) -> VLLMSampler:
     elif v.check_every:
         sampler.check(policy.model)
     return sampler
+
+
+def start_server(
+    model: torch.nn.Module,
+    tokenizer,
+    v,
+    folder: Path,
+    *,
+    dtype: torch.dtype,
+    max_length: int,
+    max_num_seqs: int,
+    seed: int,
+    on_gpu: bool,
+    log_path: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> VLLMServer:
+    """Export `model` (LoRA deltas merged) to `folder` and start arlkit's own vLLM server on it, with the flags
+    and environment rollout.vllm `v` gives; returns it healthy.
+
+    Raises:
+        ArlkitError: vllm missing or too old, or the server failing to start.
+    """
+    python = find_python(v.python)
+    export_model(model, tokenizer, folder, dtype)
+    args = server_args(
+        v,
+        dtype=str(dtype).removeprefix("torch."),
+        max_model_len=max_model_len(model, max_length),
+        max_num_seqs=max_num_seqs,
+        seed=seed,
+        on_gpu=on_gpu,
+    )
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(v.kv_cache_gb), **(extra_env or {})}
+    server = VLLMServer(
+        python=python,
+        model_dir=str(folder),
+        args=args,
+        env=env,
+        log_path=log_path or folder / "server.log",
+        start_timeout=v.start_timeout,
+    )
+    server.start()
+    return server
 
 
 def max_model_len(model: torch.nn.Module, max_length: int) -> int:
