@@ -6,6 +6,9 @@ model 2 layers of width 64 (~0.1 M parameters), the tokenizer 600 merges.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +85,17 @@ def rows_by_kind(task: ToyWikiTask) -> dict[str, list[dict]]:
     for r in task.rows("train", 80, seed=3):
         out.setdefault(r["kind"], []).append(r)
     return out
+
+
+ROOT = Path(__file__).parents[1]
+
+
+def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
+    """`python -m arlkit ARGS` from the repository root (examples' import paths start there), with its own
+    cache, plain output and a wide console."""
+    env = {**os.environ, "ARLKIT_CACHE": str(cache), "COLUMNS": "200", "NO_COLOR": "1"}
+    cmd = [sys.executable, "-m", "arlkit", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def tiny_run_overrides(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:

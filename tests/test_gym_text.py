@@ -4,12 +4,10 @@ examples/gym_corridor.py played by hand, bad actions and ids, and trained by `ar
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from gymnasium import spaces  # the `gym` extra, which `make install` installs: tested, never skipped
 
 from arlkit.config import load_config
@@ -75,9 +73,7 @@ def test_the_gym_example_trains_by_the_command_line(tiny, tmp_path) -> None:
         "rollout.n=2",
         "rollout.prompts_per_step=2",
     ]
-    env = {**os.environ, "ARLKIT_CACHE": str(tmp_path), "COLUMNS": "200", "NO_COLOR": "1"}
-    cmd = [sys.executable, "-m", "arlkit", "train", *args, "rollout.max_new_tokens=8"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_cli("train", *args, "rollout.max_new_tokens=8", cache=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     step = next(m for m in logged if "rollout/reward" in m)

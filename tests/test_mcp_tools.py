@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from arlkit.envs.tool_env import ToolEnv
 from arlkit.errors import ArlkitError
@@ -108,8 +108,6 @@ def test_the_mcp_example_trains_by_the_command_line(tiny, tmp_path) -> None:
         "rollout.n=2",
         "rollout.prompts_per_step=2",
     ]
-    env = {**os.environ, "ARLKIT_CACHE": str(tmp_path), "COLUMNS": "200", "NO_COLOR": "1"}
-    cmd = [sys.executable, "-m", "arlkit", "train", *args, "rollout.max_new_tokens=8"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_cli("train", *args, "rollout.max_new_tokens=8", cache=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((run / "summary.json").read_text())["steps"] == 2

@@ -4,12 +4,10 @@ its return as the episode's reward, named reward components and metrics logged, 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from arlkit.config import load_config
 from arlkit.envs.message_env import EnvStep, MessageEnvEpisode, episode_env
@@ -116,9 +114,7 @@ def test_the_game_example_trains_by_the_command_line(tiny, tmp_path) -> None:
         "rollout.prompts_per_step=2",
         "rollout.max_new_tokens=8",
     ]
-    env = {**os.environ, "ARLKIT_CACHE": str(tmp_path), "COLUMNS": "200", "NO_COLOR": "1"}
-    cmd = [sys.executable, "-m", "arlkit", "train", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_cli("train", *args, cache=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     step = next(m for m in logged if "rollout/reward" in m)

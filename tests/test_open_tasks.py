@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import run_cli
 from rich.console import Console
 
 import arlkit
@@ -84,12 +85,6 @@ def test_sft_says_what_a_task_without_demonstrations_must_provide() -> None:
         demonstrations(s)  # type: ignore[arg-type]
 
 
-def _arlkit(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ARLKIT_CACHE": str(cache), "COLUMNS": "200", "NO_COLOR": "1"}
-    cmd = [sys.executable, "-m", "arlkit", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
 def test_the_example_trains_by_the_command_line_and_resumes(tiny, tmp_path) -> None:
     run = tmp_path / "run"
     common = [
@@ -99,14 +94,14 @@ def test_the_example_trains_by_the_command_line_and_resumes(tiny, tmp_path) -> N
         "train.save_every=1",
         *SMALL,
     ]
-    proc = _arlkit("train", "examples/letter_count.yaml", *common, "train.steps=2", cache=tmp_path)
+    proc = run_cli("train", "examples/letter_count.yaml", *common, "train.steps=2", cache=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "accuracy" in proc.stdout  # the task's em_label heads the before/after table
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     step = next(m for m in logged if "rollout/reward" in m)
     assert {"rollout/env/short", "rollout/reward/em", "rollout/reward/short"} <= set(step)
     assert f"name: {EXAMPLE}" in (run / "config.yaml").read_text()
-    proc = _arlkit(
+    proc = run_cli(
         "train", "examples/letter_count.yaml", *common, "train.steps=3", "--resume", cache=tmp_path
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -168,7 +163,7 @@ def test_sft_runs_a_task_that_scripts_demonstrations(tiny, tmp_path) -> None:
 def test_eval_runs_a_users_task_by_the_command_line(tiny, tmp_path) -> None:
     out = tmp_path / "metrics.json"
     args = ["--config", "examples/letter_count.yaml", "--model", str(tiny.sft_dir), "--out", str(out)]
-    proc = _arlkit("eval", *args, "task.n_eval=2", "train.device=cpu", cache=tmp_path)
+    proc = run_cli("eval", *args, "task.n_eval=2", "train.device=cpu", cache=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     metrics = json.loads(out.read_text())
     assert "env/short" in metrics and "reward/em" in metrics  # the scorer's own metric, the components
