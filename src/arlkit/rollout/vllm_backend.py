@@ -122,8 +122,9 @@ class VLLMGenerator:
         ids = list(choice["token_ids"])
         lp = choice["logprobs"]
         logprobs = [float(x) for x in lp["token_logprobs"]]
-        entropies = [_top_k_entropy(t) for t in lp.get("top_logprobs") or [None] * len(ids)]
-        if not self.entropy_top_k:
+        if self.entropy_top_k:
+            entropies = [_top_k_entropy(t) for t in lp.get("top_logprobs") or [None] * len(ids)]
+        else:  # vLLM still returns the sampled token's entry: one term is no entropy
             entropies = [math.nan] * len(ids)
         end = turn_end(ids, params)
         if end is not None:
