@@ -21,11 +21,13 @@ import httpx
 import openai
 import pytest
 import torch
+from conftest import run_cli, tiny_run_overrides
 from transformers import AutoModelForCausalLM
 
 from arlkit.algos.advantages import ADVANTAGES, AdvantageInputs, AdvantageParams
 from arlkit.envs.parsing import HermesFormat
-from arlkit.gateway.agents import episode_trajectories, run_agents
+from arlkit.errors import ArlkitError
+from arlkit.gateway.agents import episode_trajectories, load_agent, run_agents
 from arlkit.gateway.server import Gateway
 from arlkit.gateway.service import GenerationService, Sampling
 from arlkit.models.chat_template import CHAT_TEMPLATE
@@ -440,3 +442,33 @@ def test_episode_advantages_count_each_episode_once():
     assert torch.allclose(per_segment, torch.tensor([0.5774, 0.5774, -1.1547]), atol=1e-4)
     assert [t.metadata["segment"] for t in last_segments(trajs)] == [1, 0]
     assert segment_index(trajs[2:]) is None
+
+
+def test_the_openai_agent_example_trains_by_the_command_line(tiny, tmp_path) -> None:
+    """`arlkit train examples/openai_agent.yaml` for 2 steps on the fixture model: the agent's episodes go
+    through the gateway, train, and are evaluated before and after."""
+    run_dir = tmp_path / "run"
+    args = tiny_run_overrides(tiny.sft_dir, run_dir, "task.n_eval=4", "rollout.max_new_tokens=32")
+    proc = run_cli("train", "examples/openai_agent.yaml", *args, cache=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in logged if "rollout/reward" in m]
+    assert len(steps) == 2
+    for m in steps:
+        assert m["gateway/requests_per_episode"] >= 1 and m["gateway/agent_errors"] == 0
+        assert m["rollout/sampled_tokens"] > 0 and math.isfinite(m["actor/pg_loss"])
+    evals = [m for m in logged if "eval/em" in m]
+    assert len(evals) == 2 and all(m["eval/n"] == 4 for m in evals)
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(s["metadata"]["session"] for s in samples)
+
+
+def test_agent_config_errors_name_the_field(tiny, tmp_path) -> None:
+    args = tiny_run_overrides(tiny.sft_dir, tmp_path / "run", "rollout.agent=no_such_module:run")
+    proc = run_cli("train", "examples/openai_agent.yaml", *args, cache=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "config field 'rollout.agent': cannot import 'no_such_module:run'" in out
+    with pytest.raises(ArlkitError, match=r"rollout\.agent.*must be an async function"):
+        load_agent("examples.openai_agent:normalise")
+    with pytest.raises(ArlkitError, match=r"rollout\.agent.*not an import path"):
+        load_agent("justaname")

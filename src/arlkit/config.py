@@ -225,6 +225,17 @@ class VLLMConfig(_Section):
     extra_args: list[str] = []  # appended to the server's command line
 
 
+class GatewayConfig(_Section):
+    """rollout.agent's OpenAI-compatible gateway (arlkit/gateway/): where it listens and how segments train."""
+
+    port: int = Field(0, ge=0, le=65535)  # 0: a free port; always bound to 127.0.0.1
+    api_key: str | None = None  # when set, requests must send it as a Bearer token
+    # an episode whose history was rewritten has several segments: "episode" gives each the advantage of the
+    # episode (episodes counted once in the group's statistics); "segment" counts each segment as a sample
+    segment_advantage: Literal["episode", "segment"] = "episode"
+    gather_s: float = Field(0.01, ge=0)  # how long generation waits for more requests to batch together
+
+
 class RolloutConfig(_Section):
     n: int = Field(8, gt=0)  # rollouts per prompt (the GRPO group)
     prompts_per_step: int = Field(16, gt=0)
@@ -242,6 +253,14 @@ class RolloutConfig(_Section):
     # "policy": generate with the trained weights; "bfloat16": with a bf16 copy refreshed after every update
     # (faster where the hardware multiplies bf16 faster; rollout/logprob_diff measures the mismatch)
     dtype: Literal["policy", "bfloat16"] = "policy"
+    # an agent written against the OpenAI API, `my_pkg.agent:run` (async def run(client, row) -> reward); its
+    # requests go through arlkit's gateway and are recorded as the episode (arlkit/gateway/agents.py)
+    agent: str | None = None
+    agent_timeout_s: float = Field(
+        300.0, gt=0
+    )  # an agent still running then ends its episode as an env error
+    agent_concurrency: int = Field(256, gt=0)  # agents running at once
+    gateway: GatewayConfig = GatewayConfig()
 
 
 class AlgoConfig(_Section):

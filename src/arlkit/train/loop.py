@@ -15,7 +15,7 @@ from arlkit.algos.kl import KL_ESTIMATORS
 from arlkit.algos.shaping import overlong_penalty, varied_groups
 from arlkit.config import Config
 from arlkit.errors import ArlkitError
-from arlkit.eval.evaluate import evaluate, gather_eval
+from arlkit.eval.evaluate import eval_result, evaluate, gather_eval
 from arlkit.eval.plots import plot_curves
 from arlkit.models.precision import autocast
 from arlkit.rollout.engine import Episode, RolloutParams, rollout, rollout_episodes
@@ -31,6 +31,7 @@ from arlkit.train.guards import (
     without_env_errors,
 )
 from arlkit.train.idle_rank import idle_step
+from arlkit.train.segments import episode_advantages, last_segments, segment_index
 from arlkit.train.setup import Setup, progress, setup
 from arlkit.train.shapers import Shaper, TaoEntropyShaper
 from arlkit.train.update import UpdateBatch, batch_logprobs, batch_values, update
@@ -45,13 +46,18 @@ def rollout_params(cfg: Config, temperature: float) -> RolloutParams:
 def run_eval(s: Setup, step: int, name: str) -> dict[str, float]:
     if s.sampler is not None:  # the bf16 rollout copy evaluates the weights as they are now (after SFT too)
         s.sampler.refresh(s.policy.model)
-    res = evaluate(
-        s.generator,
-        s.policy.tokenizer,
-        s.task.make_env,
-        shard(s.eval_rows, s.dist),
-        rollout_params(s.cfg, s.cfg.rollout.eval_temperature),
-    )
+    rows = shard(s.eval_rows, s.dist)
+    if s.agents is not None:  # the user's agent, one episode per held-out row; metrics per episode
+        trajs = s.agents.run(rows, list(range(len(rows))), s.cfg.rollout.eval_temperature)
+        res = eval_result(last_segments(trajs))
+    else:
+        res = evaluate(
+            s.generator,
+            s.policy.tokenizer,
+            s.task.make_env,
+            rows,
+            rollout_params(s.cfg, s.cfg.rollout.eval_temperature),
+        )
     res = gather_eval(res, s.dist)
     s.run.log(step, {f"eval/{k}": v for k, v in res.metrics.items()})
     s.run.write_samples(
@@ -68,17 +74,20 @@ class Collected:
     episodes: tuple[Episode, ...] = ()  # the finished episodes of `trajectories` (branching resumes them)
 
 
-def _rollout_prompts(s: Setup, n_prompts: int, temperature: float) -> list[Episode]:
+def _rollout_prompts(s: Setup, n_prompts: int, temperature: float) -> tuple[list[Trajectory], list[Episode]]:
     """n rollouts for each of this rank's next `n_prompts` training prompts; the group id is the prompt's
-    index in the stream."""
+    index in the stream. The rows (one per segment of an agent's episode) and the built-in path's Episodes."""
     index = [prompt_index(s.cursor + i, s.dist) for i in range(n_prompts)]
     s.cursor += n_prompts
     prompts = [(g, s.train_rows[g % len(s.train_rows)]) for g in index]
     n = s.cfg.rollout.n
     rows = [r for _, r in prompts for _ in range(n)]
     groups = [g for g, _ in prompts for _ in range(n)]
+    if s.agents is not None:  # the user's agent through the gateway
+        return s.agents.run(rows, groups, temperature), []
     params = rollout_params(s.cfg, temperature)
-    return rollout_episodes(s.generator, s.policy.tokenizer, s.task.make_env, rows, groups, params)
+    eps = rollout_episodes(s.generator, s.policy.tokenizer, s.task.make_env, rows, groups, params)
+    return [e.traj for e in eps], eps
 
 
 def collect(s: Setup) -> Collected:
@@ -92,19 +101,19 @@ def collect(s: Setup) -> Collected:
         n_groups = len({t.group_id for t in kept})
         if n_groups >= want:
             break
-        eps = _rollout_prompts(s, want - n_groups, cfg.rollout.temperature)
-        trajs = [e.traj for e in eps]
+        trajs, eps = _rollout_prompts(s, want - n_groups, cfg.rollout.temperature)
         rounds += 1
         if cfg.algo.dynamic_sampling:
             index = torch.tensor([t.group_id for t in trajs])
-            keep = varied_groups(torch.tensor([t.total_reward for t in trajs]), index - index.min())
-            dropped += len({t.group_id for t, k in zip(trajs, keep.tolist(), strict=True) if not k})
-            eps = [e for e, k in zip(eps, keep.tolist(), strict=True) if k]
-        kept += [e.traj for e in eps]
+            keep = varied_groups(torch.tensor([t.total_reward for t in trajs]), index - index.min()).tolist()
+            dropped += len({t.group_id for t, k in zip(trajs, keep, strict=True) if not k})
+            trajs = [t for t, k in zip(trajs, keep, strict=True) if k]
+            eps = [e for e in eps if e.traj.group_id in {t.group_id for t in trajs}]
+        kept += trajs
         episodes += eps
     first = set(list(dict.fromkeys(t.group_id for t in kept))[:want])
-    eps = tuple(e for e in episodes if e.traj.group_id in first)
-    return Collected([e.traj for e in eps], rounds, dropped, eps)
+    trajs = [t for t in kept if t.group_id in first]
+    return Collected(trajs, rounds, dropped, tuple(e for e in episodes if e.traj.group_id in first))
 
 
 def greedy_baselines(s: Setup, trajs: list[Trajectory]) -> torch.Tensor:
@@ -134,8 +143,14 @@ def shaped_rewards(
     return rewards
 
 
-def prepare(s: Setup, batch: Batch, baselines: torch.Tensor | None) -> UpdateBatch:
-    """The no-gradient forwards (π_old, reference, critic values), shaped rewards and advantages."""
+def prepare(
+    s: Setup,
+    batch: Batch,
+    baselines: torch.Tensor | None,
+    segments: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> UpdateBatch:
+    """The no-gradient forwards (π_old, reference, critic values), shaped rewards and advantages. `segments`:
+    (episode, last) of rows that are segments of agents' episodes (train/segments.py)."""
     cfg, policy, micro, temp = s.cfg, s.policy, s.cfg.algo.micro_batching, s.cfg.rollout.temperature
     a = cfg.algo
     off_policy = a.epochs > 1 or a.mini_batches > 1
@@ -158,7 +173,10 @@ def prepare(s: Setup, batch: Batch, baselines: torch.Tensor | None) -> UpdateBat
         values=values,
         baseline_scores=baselines,
     )
-    adv = ADVANTAGES.get(a.advantage)(inputs, params)
+    if segments is None:
+        adv = ADVANTAGES.get(a.advantage)(inputs, params)
+    else:
+        adv = episode_advantages(ADVANTAGES.get(a.advantage), inputs, params, *segments)
     return UpdateBatch(
         batch=batch,
         advantages=adv.advantages,
@@ -177,7 +195,8 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     clean = without_env_errors(got.trajectories)  # an env that raised gives nothing to learn from
     filtered = tao_filter(clean, cfg.tao) if cfg.tao.enabled else None
     trajs = filtered.trajectories if filtered else clean
-    behaviour = {f"rollout/{k}": v for k, v in episode_metrics(clean).items()} | _tao_stats(filtered)
+    per_episode = last_segments(clean)  # per-episode metrics count an agent's episode once, however segmented
+    behaviour = {f"rollout/{k}": v for k, v in episode_metrics(per_episode).items()} | _tao_stats(filtered)
     behaviour |= env_error_metrics(got.trajectories)
     behaviour["rollout/sampled_tokens"] = float(sum(t.n_generated for t in got.trajectories))
     tree = None
@@ -200,7 +219,8 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     batch = collate(trajs, s.policy.tokenizer.pad_token_id)
     train_actor = step > cfg.critic.warmup_steps
     with autocast(s.dist.device, cfg.train.precision):
-        data = prepare(s, batch, baselines)
+        by_episode = cfg.rollout.gateway.segment_advantage == "episode"
+        data = prepare(s, batch, baselines, segment_index(trajs) if by_episode else None)
     data = replace(
         data, batch=loss_weighted(s, batch, filtered), shapers=build_shapers(s, batch, trajs, tree)
     )
@@ -225,6 +245,7 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     t3 = time.perf_counter()
     metrics = behaviour | step_metrics(trajs, data, stats.actor, stats.critic)
     metrics |= s.sampler.metrics() if hasattr(s.sampler, "metrics") else {}
+    metrics |= s.agents.metrics() if s.agents is not None else {}
     metrics.update(
         {
             "rollout/sampling_rounds": got.rounds,
@@ -363,5 +384,7 @@ def train(
     s.run.write_json("summary.json", summary)
     if hasattr(s.sampler, "close"):  # the vLLM server arlkit started
         s.sampler.close()
+    if s.agents is not None:
+        s.agents.close()
     shutdown(s.dist)
     return summary

@@ -19,7 +19,10 @@ from rich.progress import (
 )
 
 from arlkit.config import Config
+from arlkit.envs.message_env import episode_env
+from arlkit.envs.parsing import ActionFormat, HermesFormat
 from arlkit.errors import ArlkitError
+from arlkit.gateway.agents import AgentRollout, build_agent_rollout
 from arlkit.models.loading import DTYPES, Policy, load_policy, resolve_model_source
 from arlkit.models.precision import SamplerCopy
 from arlkit.models.value import ValueHead, load_critic
@@ -64,6 +67,7 @@ class Setup:
     sync: GradSync | None = None  # the gradient sum across ranks; None in one process
     # what `generator` runs on, refreshed after every update: rollout.dtype bfloat16's copy, or the vLLM server
     sampler: SamplerCopy | VLLMSampler | None = None
+    agents: AgentRollout | None = None  # rollout.agent: the user's agent behind the gateway (arlkit/gateway/)
 
 
 def build_task(cfg: Config) -> Task:
@@ -263,6 +267,7 @@ def setup(
         task=task,
         sampler=sampler,
         generator=generator,
+        agents=build_agents(cfg, policy, task, generator, dist) if cfg.rollout.agent else None,
         opts=build_optimisers(cfg, policy) if for_training else None,
         run=run,
         train_rows=train_rows,
@@ -270,6 +275,43 @@ def setup(
         rng=torch.Generator().manual_seed(cfg.train.seed),
         dist=dist,
         sync=GradSync(dist) if dist.enabled else None,
+    )
+
+
+def build_agents(cfg: Config, policy: Policy, task: Task, runner: EpisodeRunner, dist: Dist) -> AgentRollout:
+    """rollout.agent's gateway in front of the run's runner, parsing tool calls in the task env's format.
+
+    Raises:
+        ArlkitError: a setting the agent path does not support (it records what the agent's requests
+            generated; it cannot branch them, roll out a greedy baseline, route adapters or shard).
+    """
+    unsupported = {
+        "train with one process (launch without torchrun)": dist.enabled,
+        "branching.mode none (branches resume arlkit's own episodes)": cfg.branching.mode != "none",
+        "an advantage without a greedy baseline (remax rolls out the built-in env)": cfg.algo.advantage
+        == "remax",
+        "a policy without model.routing (DART routes on arlkit's engine only)": policy.routing is not None,
+    }
+    for need, bad in unsupported.items():
+        if bad:
+            raise ArlkitError(f"rollout.agent needs {need}")
+    env = episode_env(task.make_env())
+    fmt = env.fmt if isinstance(env.fmt, ActionFormat) else HermesFormat()
+    r = cfg.rollout
+    return build_agent_rollout(
+        r.agent,
+        runner,
+        policy.tokenizer,
+        fmt,
+        max_length=r.max_length,
+        max_new_tokens=r.max_new_tokens,
+        top_p=r.top_p,
+        api_key=r.gateway.api_key,
+        port=r.gateway.port,
+        gather_s=r.gateway.gather_s,
+        max_batch=r.max_batch,
+        timeout_s=r.agent_timeout_s,
+        concurrency=r.agent_concurrency,
     )
 
 
