@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM
 from arlkit.algos.advantages import ADVANTAGES, AdvantageInputs, AdvantageParams
 from arlkit.envs.parsing import HermesFormat
 from arlkit.errors import ArlkitError
-from arlkit.gateway.agents import episode_trajectories, load_agent, run_agents
+from arlkit.gateway.agents import AgentEpisode, episode_trajectories, load_agent, run_agents
 from arlkit.gateway.server import Gateway
 from arlkit.gateway.service import GenerationService, Sampling
 from arlkit.models.chat_template import CHAT_TEMPLATE
@@ -36,8 +36,10 @@ from arlkit.rollout.continuous import ContinuousEngine
 from arlkit.rollout.engine import Episode, RolloutParams, TurnSyncRunner
 from arlkit.rollout.generator import Generation, SamplingParams
 from arlkit.rollout.spans import SpanTags, scanner_for
+from arlkit.train.run_dir import RunDir
 from arlkit.train.segments import episode_advantages, last_segments, segment_index
 from arlkit.trajectory import Role, Trajectory, collate
+from arlkit.viewer import load_run, render_page
 
 MAX_LENGTH = 512
 
@@ -222,7 +224,7 @@ def test_template_that_strips_earlier_think_blocks_makes_segments(tokenizer):
         gw.stop()
 
 
-def test_agent_that_summarises_its_history_gets_a_new_segment(tokenizer):
+def test_agent_that_summarises_its_history_gets_a_new_segment(tokenizer, tmp_path):
     gw = make_gateway(tokenizer, TurnSyncRunner(Scripted(tokenizer, ["one", "two", "three"])))
     try:
         s = gw.open_session(0, {})
@@ -246,6 +248,15 @@ def test_agent_that_summarises_its_history_gets_a_new_segment(tokenizer):
         assert first.n_turns == 2 and second.n_turns == 1
         assert tokenizer.decode(second.token_ids).count("Summary so far") == 1
         assert s.requests == 3
+        # both segments become rows of one episode; the viewer labels them
+        ep = AgentEpisode(s.segments(), 0, 1.0, {}, None, 1.0, 0, s.requests)
+        rows = episode_trajectories([ep])
+        assert [t.metadata["segment"] for t in rows] == [0, 1] and {t.reward for t in rows} == {1.0}
+        run_dir = RunDir(tmp_path / "run", tensorboard=False)
+        run_dir.write_samples(1, rows, tokenizer)
+        page = render_page(load_run(run_dir.path, tokenizer=tokenizer))
+        assert "1 of 2 of episode 0" in page and "2 of 2 of episode 0" in page
+        run_dir.close()
     finally:
         gw.stop()
 
