@@ -275,3 +275,52 @@ def test_top_k_entropy_is_the_truncated_sum() -> None:
         -sum(x * math.log(x) for x in p)
     )
     assert math.isnan(_top_k_entropy(None))
+
+
+def test_the_gateway_serves_an_openai_agent_from_vllm(server, tiny) -> None:
+    """rollout.agent on the vLLM backend: an openai-SDK agent's three requests become one segment whose ids
+    are vLLM's samples with its logprobs (the trainer's recompute agrees), its history served from vLLM's
+    prefix cache."""
+    import asyncio
+
+    import openai
+
+    from arlkit.envs.parsing import HermesFormat
+    from arlkit.gateway.server import Gateway
+    from arlkit.gateway.service import GenerationService, Sampling
+    from arlkit.rollout.spans import SpanTags, scanner_for
+
+    tok, fmt = tiny.tokenizer, HermesFormat()
+    gen = VLLMGenerator(server, seed=7)
+    spans = scanner_for(tok, SpanTags(fmt.call_open, fmt.call_close))
+    service = GenerationService(TurnSyncRunner(gen), spans, tok.eos_token_id, 512)
+    gw = Gateway(service, tok, fmt, spans, Sampling(24, 1.0, 1.0)).start()
+    try:
+        row = tiny.task.rows("train", 1, seed=5)[0]
+        s = gw.open_session(0, row)
+
+        async def agent():
+            client = openai.AsyncOpenAI(base_url=gw.session_url(s.id), api_key="x", max_retries=0)
+            messages = [{"role": "user", "content": row["question"]}]
+            for follow in ("tell me more", "and then?", None):
+                reply = await client.chat.completions.create(model="m", messages=messages)
+                messages.append(reply.choices[0].message.model_dump(exclude_none=True))
+                if follow:
+                    messages.append({"role": "user", "content": follow})
+            await client.close()
+
+        asyncio.run(agent())
+        gw.close_session(s.id)
+    finally:
+        gw.stop()
+    (t,) = s.segments()
+    assert t.n_turns == 3
+    model = _load(tiny.sft_dir)
+    ids = torch.tensor([t.token_ids])
+    with torch.no_grad():
+        logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+    ours = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)
+    gen_pos = [i for i in range(1, len(t)) if t.roles[i] in GENERATED_ROLES]
+    got = torch.tensor([t.logprobs[i] for i in gen_pos])
+    assert torch.allclose(got, ours[[i - 1 for i in gen_pos]], atol=1e-4)
+    assert gen.stats["cached_tokens"] > 0  # the second and third requests' histories
