@@ -67,7 +67,9 @@ class AgentEpisode:
     requests: int
 
 
-async def _one(gateway: Gateway, agent: AgentFn, row: dict, group: int, timeout_s: float) -> AgentEpisode:
+async def _one(
+    gateway: Gateway, agent: AgentFn, row: dict, group: int, timeout_s: float, http: Any
+) -> AgentEpisode:
     from openai import AsyncOpenAI
 
     session = gateway.open_session(group, row)
@@ -76,6 +78,7 @@ async def _one(gateway: Gateway, agent: AgentFn, row: dict, group: int, timeout_
         api_key=gateway.api_key or "arlkit",
         max_retries=0,
         timeout=timeout_s,
+        http_client=http,  # shared: a client of its own loads the system's CA store (~30 ms) per episode
     )
     t0, result, error = time.perf_counter(), None, None
     try:
@@ -86,7 +89,6 @@ async def _one(gateway: Gateway, agent: AgentFn, row: dict, group: int, timeout_
         error = f"{type(e).__name__}: {e}"
     finally:
         gateway.close_session(session.id)
-        await client.close()
     reward, metrics = session.reward, dict(session.metrics)
     if error is None:
         try:
@@ -133,13 +135,16 @@ def run_agents(
     """Run one episode of `agent` per row, `concurrency` at a time; episodes in the order of `rows`."""
 
     async def main() -> list[AgentEpisode]:
+        from openai import DefaultAsyncHttpxClient
+
         gate = asyncio.Semaphore(concurrency)
+        async with DefaultAsyncHttpxClient() as http:
 
-        async def bounded(row: dict, group: int) -> AgentEpisode:
-            async with gate:
-                return await _one(gateway, agent, row, group, timeout_s)
+            async def bounded(row: dict, group: int) -> AgentEpisode:
+                async with gate:
+                    return await _one(gateway, agent, row, group, timeout_s, http)
 
-        return list(await asyncio.gather(*(bounded(r, g) for r, g in zip(rows, groups, strict=True))))
+            return list(await asyncio.gather(*(bounded(r, g) for r, g in zip(rows, groups, strict=True))))
 
     return asyncio.run(main())
 
@@ -221,9 +226,11 @@ def build_agent_rollout(
     max_batch: int = 256,
     timeout_s: float = 300.0,
     concurrency: int = 256,
+    concurrent_batches: int = 1,
 ) -> AgentRollout:
     """The agent and a started gateway in front of `runner` (the run's EpisodeRunner). `fmt`: the action
-    format tool calls are parsed with (the task env's)."""
+    format tool calls are parsed with (the task env's). `concurrent_batches` > 1 for a runner that serves
+    several batches at once (a vLLM server); arlkit's engine takes one at a time."""
     from arlkit.gateway.service import GenerationService, Sampling
     from arlkit.rollout.spans import SpanTags, scanner_for
 
@@ -236,7 +243,9 @@ def build_agent_rollout(
             ) from None
     agent = load_agent(agent_path)
     spans = scanner_for(tokenizer, SpanTags(fmt.call_open, fmt.call_close))
-    service = GenerationService(runner, spans, tokenizer.eos_token_id, max_length, max_batch, gather_s)
+    service = GenerationService(
+        runner, spans, tokenizer.eos_token_id, max_length, max_batch, gather_s, concurrent_batches
+    )
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=1.0, top_p=top_p)
     gateway = Gateway(service, tokenizer, fmt, spans, sampling, api_key=api_key).start(port=port)
     return AgentRollout(agent, gateway, timeout_s, concurrency)

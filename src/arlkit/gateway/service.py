@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from arlkit.rollout.engine import EpisodeRunner, PartialTurn, RolloutParams, share_prompt_prefill
@@ -73,9 +73,9 @@ class _Turn:
 
 
 class GenerationService:
-    """Runs submitted requests in batches on a background thread. `gather_s`: how long the thread waits for
-    more requests after the first of a batch arrives (agents of one step send theirs at nearly the same time;
-    the wait lets them share a forward)."""
+    """Runs submitted requests in batches on a background thread. `gather_s`: the gap between two requests
+    that still counts them into one batch (agents of one step send theirs at nearly the same time; waiting
+    for the burst lets them share forwards)."""
 
     def __init__(
         self,
@@ -85,12 +85,17 @@ class GenerationService:
         max_length: int,
         max_batch: int = 256,
         gather_s: float = 0.01,
+        concurrent_batches: int = 1,
     ):
         self.runner, self.spans, self.eos_id = runner, spans, eos_id
         self.max_length, self.max_batch, self.gather_s = max_length, max_batch, gather_s
+        # arlkit's engine runs one batch at a time (one model, one cache); a vLLM server batches continuously
+        # itself, so batches go to it concurrently and a long one does not hold back requests arriving later
+        self._pool = ThreadPoolExecutor(concurrent_batches) if concurrent_batches > 1 else None
+        self._stats_lock = threading.Lock()
         self._queue: queue.Queue[GenRequest | None] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self.busy_s = 0.0  # seconds spent generating (the rest of a rollout is the agents' own time)
+        self.busy_s = 0.0  # seconds batches spent generating (summed over concurrent ones)
         self.batches = 0
         self.requests = 0
 
@@ -111,11 +116,14 @@ class GenerationService:
         return req.future
 
     def _gather(self, first: GenRequest) -> tuple[list[GenRequest], bool]:
+        """The requests of one burst: keep taking while they arrive less than `gather_s` apart (agents of a
+        step send theirs nearly together), for at most 20 gaps."""
         batch, stop = [first], False
-        deadline = time.monotonic() + self.gather_s
+        deadline = time.monotonic() + 20 * self.gather_s
         while sum(r.n for r in batch) < self.max_batch:
+            wait = min(self.gather_s, deadline - time.monotonic())
             try:
-                req = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+                req = self._queue.get(timeout=max(wait, 0))
             except queue.Empty:
                 break
             if req is None:
@@ -134,8 +142,13 @@ class GenerationService:
             for req in batch:
                 by_sampling.setdefault(req.sampling, []).append(req)
             for sampling, reqs in by_sampling.items():
-                self._run(sampling, reqs)
+                if self._pool is None:
+                    self._run(sampling, reqs)
+                else:
+                    self._pool.submit(self._run, sampling, reqs)
             if stop:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)
                 return
 
     def _run(self, sampling: Sampling, reqs: list[GenRequest]) -> None:
@@ -157,9 +170,11 @@ class GenerationService:
                 r.future.set_exception(exc)
             return
         finally:
-            self.busy_s += time.perf_counter() - t0
-        self.batches += 1
-        self.requests += len(reqs)
+            with self._stats_lock:
+                self.busy_s += time.perf_counter() - t0
+        with self._stats_lock:
+            self.batches += 1
+            self.requests += len(reqs)
         for r in reqs:
             r.future.set_result([t.result for t in turns[id(r)]])
 

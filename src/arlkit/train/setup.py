@@ -312,6 +312,7 @@ def build_agents(cfg: Config, policy: Policy, task: Task, runner: EpisodeRunner,
         max_batch=r.max_batch,
         timeout_s=r.agent_timeout_s,
         concurrency=r.agent_concurrency,
+        concurrent_batches=8 if r.backend == "vllm" else 1,
     )
 
 
