@@ -22,9 +22,11 @@ import openai
 import pytest
 import torch
 from conftest import run_cli, tiny_run_overrides
+from rich.console import Console
 from transformers import AutoModelForCausalLM
 
 from arlkit.algos.advantages import ADVANTAGES, AdvantageInputs, AdvantageParams
+from arlkit.config import load_config
 from arlkit.envs.parsing import HermesFormat
 from arlkit.errors import ArlkitError
 from arlkit.gateway.agents import AgentEpisode, episode_trajectories, load_agent, run_agents
@@ -36,6 +38,7 @@ from arlkit.rollout.continuous import ContinuousEngine
 from arlkit.rollout.engine import Episode, RolloutParams, TurnSyncRunner
 from arlkit.rollout.generator import Generation, SamplingParams
 from arlkit.rollout.spans import SpanTags, scanner_for
+from arlkit.train.loop import setup, train_step
 from arlkit.train.run_dir import RunDir
 from arlkit.train.segments import episode_advantages, last_segments, segment_index
 from arlkit.trajectory import Role, Trajectory, collate
@@ -483,3 +486,30 @@ def test_agent_config_errors_name_the_field(tiny, tmp_path) -> None:
         load_agent("examples.openai_agent:normalise")
     with pytest.raises(ArlkitError, match=r"rollout\.agent.*not an import path"):
         load_agent("justaname")
+
+
+@pytest.mark.parametrize("mode", ["episode", "segment"])
+def test_a_train_step_on_multi_segment_episodes(tiny, tmp_path, mode) -> None:
+    """Two-segment episodes through collect, advantages, update and samples: with `episode`, both segments
+    of an episode carry the same advantage; per-episode metrics count episodes, not segments."""
+    args = ["rollout.agent=gateway_agents:summarising", f"rollout.gateway.segment_advantage={mode}"]
+    cfg = load_config(None, tiny_run_overrides(tiny.sft_dir, tmp_path / "run", *args, "train.n_samples=8"))
+    s = setup(cfg, Console(quiet=True))
+    try:
+        m = train_step(s, 1)
+    finally:
+        s.agents.close()
+    assert m["gateway/segments_per_episode"] == 2 and m["gateway/agent_errors"] == 0
+    assert math.isfinite(m["actor/pg_loss"]) and m["actor/grad_norm"] > 0
+    assert m["rollout/turns"] == 1  # the last segment's: one turn after the summary
+    rows = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 8
+    adv = {}
+    for r in rows:
+        gen = [a for a, role in zip(r["advantages"], r["roles"], strict=True) if role in (1, 2, 4)]
+        assert len({round(a, 5) for a in gen}) == 1  # one advantage per row (GRPO)
+        adv.setdefault((r["group_id"], r["metadata"]["episode"]), []).append(gen[0])
+    pairs = [v for v in adv.values() if len(v) == 2]
+    assert pairs
+    if mode == "episode":
+        assert all(abs(a - b) < 1e-5 for a, b in pairs)
