@@ -189,6 +189,7 @@ def test_tool_calls_in_openai_format_and_back(tokenizer):
         obs = [i for i, r in enumerate(traj.roles) if r == Role.OBSERVATION]
         assert "found" in tokenizer.decode([traj.token_ids[i] for i in obs])
         assert Role.ACTION in traj.roles  # the call's arguments
+        assert s.tool_calls == 1  # the episode's `n_calls` metric
     finally:
         gw.stop()
 

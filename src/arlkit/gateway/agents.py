@@ -65,6 +65,7 @@ class AgentEpisode:
     seconds: float
     discarded_choices: int
     requests: int
+    tool_calls: int = 0
 
 
 async def _one(
@@ -106,6 +107,7 @@ async def _one(
         time.perf_counter() - t0,
         session.discarded_choices,
         session.requests,
+        session.tool_calls,
     )
 
 
@@ -161,6 +163,7 @@ def episode_trajectories(episodes: Sequence[AgentEpisode]) -> list[Trajectory]:
             metrics = {"em": float(ep.reward > 0), **ep.metrics}
             metrics.setdefault("f1", metrics["em"])
             metrics.setdefault("format_ok", 1.0)
+            metrics.setdefault("n_calls", float(ep.tool_calls))
             t.reward = ep.reward
             t.metadata.update(
                 {

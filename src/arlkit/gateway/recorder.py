@@ -64,6 +64,7 @@ class Session:
     metrics: dict[str, float] = field(default_factory=dict)
     discarded_choices: int = 0  # choices of n > 1 the agent did not continue
     requests: int = 0
+    tool_calls: int = 0  # OpenAI tool_calls returned (of the choices the agent continued or not)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # server and trainer threads
 
     def context(

@@ -198,6 +198,7 @@ class Gateway:
                     text = apply_stop(c.raw, req.stops)
                     content, calls = parse_message(text, self.fmt, req.tool_choice != "none", f"{rid[9:]}{k}")
                     s.remember(c.raw, content, [tc["id"] for tc in calls])
+                    s.tool_calls += len(calls)
                     reason = (
                         "tool_calls" if calls else "length" if c.gen.finish_reason == "length" else "stop"
                     )
