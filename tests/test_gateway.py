@@ -514,3 +514,32 @@ def test_a_train_step_on_multi_segment_episodes(tiny, tmp_path, mode) -> None:
     assert pairs
     if mode == "episode":
         assert all(abs(a - b) < 1e-5 for a, b in pairs)
+
+
+def test_session_by_header_on_the_shared_base_url(tokenizer):
+    gw = make_gateway(tokenizer, TurnSyncRunner(Scripted(tokenizer, ["hi"])))
+    try:
+        s = gw.open_session(0, {})
+
+        async def calls():
+            headers = {"X-Session-Id": s.id}
+            client = openai.AsyncOpenAI(
+                base_url=gw.base_url, api_key="k", max_retries=0, default_headers=headers
+            )
+            r = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+            assert r.choices[0].message.content == "hi"
+            with pytest.raises(openai.BadRequestError, match="no session"):
+                await openai.AsyncOpenAI(
+                    base_url=gw.base_url, api_key="k", max_retries=0
+                ).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+            async with httpx.AsyncClient() as http:
+                ok = await http.post(gw.base_url + "/reward", json={"reward": 0.5}, headers=headers)
+                bad = await http.post(gw.base_url + "/reward", json={"reward": "high"}, headers=headers)
+            assert ok.status_code == 200 and bad.status_code == 400
+            await client.close()
+
+        run(calls())
+        gw.close_session(s.id)
+        assert s.requests == 1 and s.reward == 0.5 and len(s.segments()) == 1
+    finally:
+        gw.stop()
