@@ -111,7 +111,8 @@ def sft_cmd(
     config: Annotated[Path, typer.Argument(help="YAML config (see configs/analyses/sft_toywiki.yaml)")],
     overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
 ) -> None:
-    """Fine-tune model.path on scripted expert demonstrations (sft.strategy, e.g. all_hops) of the task."""
+    """Fine-tune model.path on your own OpenAI-format conversations (sft.data, a JSONL file) or on scripted
+    expert demonstrations (sft.strategy, e.g. all_hops) of the task."""
     from arlkit.train.sft_run import run_sft
 
     _quiet_transformers()

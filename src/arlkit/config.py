@@ -490,6 +490,9 @@ class SFTConfig(_Section):
     # forward tokens per packed micro-batch, gradients accumulated; None: each batch in one padded forward
     micro_batch_tokens: int | None = Field(None, gt=0)
     lora: bool = False  # `arlkit recipe`'s SFT stage: with model.lora's adapters (true) or in full (false)
+    # your own conversations instead of the task's scripted demonstrations: OpenAI-format chats, JSONL (one
+    # {"messages": [...], "tools": [...]} per line) or a file/folder `datasets` loads (train/conversations.py)
+    data: str | None = None
 
 
 class _SampledQuestions(_Section):

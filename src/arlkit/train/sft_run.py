@@ -1,4 +1,5 @@
-"""`arlkit sft`: fine-tune a policy on scripted expert demonstrations, so the base / SFT / RL comparison of
+"""`arlkit sft`: fine-tune a policy on your own conversations (`sft.data`, train/conversations.py) or on
+scripted expert demonstrations, so the base / SFT / RL comparison of
 PASS@(k,T) (arXiv 2604.14877: "SFT shrinks the boundary") runs inside arlkit.
 
 The demonstrations are the toy task's scripted episodes of one strategy (`sft.strategy`; toywiki's gold expert
@@ -18,9 +19,12 @@ from typing import Any
 from rich.console import Console
 
 from arlkit.config import Config
+from arlkit.envs.message_env import episode_env
 from arlkit.errors import ArlkitError
 from arlkit.eval.plots import plot_curves
 from arlkit.models.tiny import demo_trajectory
+from arlkit.rollout.spans import SpanTags, scanner_for
+from arlkit.train.conversations import conversation_trajectories, load_conversations
 from arlkit.train.loop import run_eval, save_checkpoint
 from arlkit.train.setup import Setup, progress, setup
 from arlkit.train.sft import SFTParams, sft
@@ -55,6 +59,14 @@ def demonstrations(s: Setup) -> list[Trajectory]:
     ]
 
 
+def own_conversations(s: Setup) -> list[Trajectory]:
+    """The rows of `sft.data`'s conversations, tool calls read with the task env's delimiters."""
+    env = episode_env(s.task.make_env())
+    spans = scanner_for(s.policy.tokenizer, SpanTags(env.fmt.call_open, env.fmt.call_close))
+    convs = load_conversations(s.cfg.sft.data)
+    return conversation_trajectories(convs, s.policy.tokenizer, spans, s.cfg.rollout.max_length)
+
+
 def run_sft(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     """Fine-tune `model.path` as `cfg.sft` says; evaluates before (if train.eval_base) and after.
 
@@ -69,9 +81,14 @@ def run_sft(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     s = setup(cfg, console)
     sc = s.cfg.sft
-    demos = demonstrations(s)
-    kinds = Counter(d.metadata["strategy"] for d in demos)
-    described = ", ".join(f"{n} '{k}'" for k, n in kinds.most_common())
+    if sc.data:
+        demos = own_conversations(s)
+        n_conv = len({d.metadata["conversation"] for d in demos})
+        described = f"{n_conv} conversations of {sc.data} ({len(demos)} rows)"
+    else:
+        demos = demonstrations(s)
+        kinds = Counter(d.metadata["strategy"] for d in demos)
+        described = ", ".join(f"{n} '{k}'" for k, n in kinds.most_common())
     console.print(f"[bold]run folder[/] {s.run.path}  ·  demonstrations: {described}")
     base = run_eval(s, 0, "base") if cfg.task.n_eval and cfg.train.eval_base else {}
     params = SFTParams(
