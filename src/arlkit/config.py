@@ -253,6 +253,9 @@ class RolloutConfig(_Section):
     # "policy": generate with the trained weights; "bfloat16": with a bf16 copy refreshed after every update
     # (faster where the hardware multiplies bf16 faster; rollout/logprob_diff measures the mismatch)
     dtype: Literal["policy", "bfloat16"] = "policy"
+    # asynchronous rollouts (docs/async.md): 0 = the synchronous loop; k ≥ 1: a producer thread samples ahead
+    # on a copy of the weights, and a step trains groups sampled by weights at most k updates old
+    max_staleness: int = Field(0, ge=0)
     # an agent written against the OpenAI API, `my_pkg.agent:run` (async def run(client, row) -> reward); its
     # requests go through arlkit's gateway and are recorded as the episode (arlkit/gateway/agents.py)
     agent: str | None = None
@@ -604,7 +607,8 @@ class Config(_Section):
     @model_validator(mode="before")
     @classmethod
     def _resolve_rollout_correction(cls, data: Any) -> Any:
-        """algo.rollout_correction auto → tis for a vLLM or bf16 sampler, none otherwise (METHODS.md §9)."""
+        """algo.rollout_correction auto → tis for a vLLM or bf16 sampler or stale samples (rollout.max_staleness
+        > 0), none otherwise (METHODS.md §9)."""
         if not isinstance(data, dict):
             return data
 
@@ -615,7 +619,9 @@ class Config(_Section):
         if get("algo", "rollout_correction", "auto") != "auto":
             return data
         mismatched = (
-            get("rollout", "backend", "engine") == "vllm" or get("rollout", "dtype", "policy") == "bfloat16"
+            get("rollout", "backend", "engine") == "vllm"
+            or get("rollout", "dtype", "policy") == "bfloat16"
+            or get("rollout", "max_staleness", 0) not in (0, None)  # older policies sampled the batch
         )
         value = "tis" if mismatched else "none"
         algo = data.get("algo") or {}

@@ -20,6 +20,7 @@ from arlkit.eval.plots import plot_curves
 from arlkit.models.precision import autocast
 from arlkit.rollout.engine import Episode, RolloutParams, rollout, rollout_episodes
 from arlkit.rollout.metrics import episode_metrics
+from arlkit.train.async_rollouts import start_rollouts
 from arlkit.train.branching_step import Tree, branch_advantages, branch_shapers, grow_tree
 from arlkit.train.checkpoint import resume_or_start, save_checkpoint, save_state
 from arlkit.train.distributed import global_sum, prompt_index, reduce_metrics, shard, shutdown
@@ -153,7 +154,9 @@ def prepare(
     (episode, last) of rows that are segments of agents' episodes (train/segments.py)."""
     cfg, policy, micro, temp = s.cfg, s.policy, s.cfg.algo.micro_batching, s.cfg.rollout.temperature
     a = cfg.algo
-    off_policy = a.epochs > 1 or a.mini_batches > 1
+    # stale samples (rollout.max_staleness): π_old is recomputed as the proximal policy, the weights before this
+    # update (decoupled PPO, arXiv 2505.24298); the sampler's logprobs enter through algo.rollout_correction
+    off_policy = a.epochs > 1 or a.mini_batches > 1 or cfg.rollout.max_staleness > 0
     need_old = off_policy or a.kl_mode == "reward"
     old_lp = batch_logprobs(policy.model, batch, temp, micro, policy.routing) if need_old else None
     ref_lp = None
@@ -191,7 +194,10 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     """One RL step on `prompts_per_step` prompts × `n` rollouts; returns namespaced metrics."""
     cfg = s.cfg
     t0 = time.perf_counter()
-    got = collect(s)
+    taken = s.rollouts.take(step) if s.rollouts is not None else None  # asynchronous: the producer's buffer
+    if taken is not None:
+        s.cursor = taken.cursor
+    got = collect(s) if taken is None else Collected(taken.trajectories, 1, 0)
     clean = without_env_errors(got.trajectories)  # an env that raised gives nothing to learn from
     filtered = tao_filter(clean, cfg.tao) if cfg.tao.enabled else None
     trajs = filtered.trajectories if filtered else clean
@@ -199,6 +205,7 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     behaviour = {f"rollout/{k}": v for k, v in episode_metrics(per_episode).items()} | _tao_stats(filtered)
     behaviour |= env_error_metrics(got.trajectories)
     behaviour["rollout/sampled_tokens"] = float(sum(t.n_generated for t in got.trajectories))
+    behaviour |= taken.metrics if taken is not None else {}
     tree = None
     if cfg.branching.mode != "none":  # branched rollouts join the batch (APPO, ARPO): rows, weights, metrics
         episodes = [e for e in got.episodes if "env_error" not in e.traj.metadata]
@@ -335,6 +342,8 @@ def train(
     console = console if s.dist.is_main else Console(quiet=True)
     console.print(f"[bold]run folder[/] {s.run.path}  ·  held-out questions: {len(s.eval_rows)}")
     state = resume_or_start(s, console, resume)
+    # what a producer had buffered at the checkpoint was dropped; it regenerates from the saved cursor
+    s.rollouts = start_rollouts(s, state.step + 1) if cfg.rollout.max_staleness else None
     fresh_base = state.step == 0 and cfg.task.n_eval and cfg.train.eval_base
     base = run_eval(s, 0, "base") if fresh_base else s.run.eval_metrics(0)
     # tokens sampled before a resumed checkpoint, read back from its (rewound) log: the generation budget counts
@@ -350,6 +359,8 @@ def train(
                 metrics = train_step(s, step)
             except ArlkitError as e:  # e.g. the sampler met the non-finite logits of diverged weights
                 raise ArlkitError(f"training stopped at step {step}: {e}") from None
+            if s.rollouts is not None:  # a version boundary, update skipped or not: the producer waits on it
+                s.rollouts.publish(s.policy.model, step)
             metrics |= observe_step(state, metrics)
             state.step = step
             s.run.log(step, metrics)
@@ -366,6 +377,8 @@ def train(
             save_state(s, state)  # every train.save_every steps; raises after train.max_bad_steps bad ones
             if cfg.train.sampled_token_budget and sampled >= cfg.train.sampled_token_budget:
                 break  # the generation budget is spent (equal budgets across methods)
+    if s.rollouts is not None:
+        s.rollouts.close()
     final = run_eval(s, step, "final") if cfg.task.n_eval else {}
     save_checkpoint(s, "final")
     if s.dist.is_main:

@@ -32,6 +32,7 @@ from arlkit.rollout.vllm_backend import VLLMSampler, build_vllm
 from arlkit.tasks import Task, ToyTask
 from arlkit.tasks import build_task as task_from_config
 from arlkit.tasks.remote import with_ray_tools
+from arlkit.train.async_rollouts import AsyncRollouts
 from arlkit.train.distributed import (
     Dist,
     GradSync,
@@ -68,6 +69,7 @@ class Setup:
     # what `generator` runs on, refreshed after every update: rollout.dtype bfloat16's copy, or the vLLM server
     sampler: SamplerCopy | VLLMSampler | None = None
     agents: AgentRollout | None = None  # rollout.agent: the user's agent behind the gateway (arlkit/gateway/)
+    rollouts: AsyncRollouts | None = None  # rollout.max_staleness > 0: the producer (train/async_rollouts.py)
 
 
 def build_task(cfg: Config) -> Task:

@@ -1,0 +1,260 @@
+"""Asynchronous rollouts with bounded staleness (issue 22, docs/async.md): a producer thread samples whole
+steps' groups on a rollout copy of the weights while the trainer updates; the trainer takes them from a
+bounded buffer and publishes its weights back after every step.
+
+- Versions and lags: rollout/staleness.py. Before sampling the batch of step k the producer waits for
+  version ≥ k − 1 − max_staleness, so it never samples what would have to be thrown away and holds at most
+  max_staleness batches ahead (the back-pressure); a batch older than the bound is still checked at take time,
+  dropped and counted, never trained.
+- Publication at version boundaries: `publish` leaves a snapshot of the weights; the producer copies it into
+  its model only between batches, so no batch mixes two versions (`metadata["policy_version"]`).
+- A producer that raises (an env factory, a bug) is restarted and the batch it lost is regenerated from the
+  same prompts; `ArlkitError` (a configuration error) stops the run as it does synchronously.
+- Determinism: batch j's prompts and sampling seed follow from the trainer's cursor, so what is dropped at a
+  checkpoint regenerates with the same prompts and seeds after --resume; which version samples it depends on
+  timing (within the bound).
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from arlkit.config import Config
+from arlkit.errors import ArlkitError
+from arlkit.models.precision import SamplerCopy, merged_state_dict
+from arlkit.rollout.backends import make_runner
+from arlkit.rollout.engine import EpisodeRunner, RolloutParams, rollout_episodes
+from arlkit.rollout.staleness import fresh, lag, oldest_version, staleness_metrics
+from arlkit.trajectory import Trajectory
+
+MAX_RESTARTS = 3  # producer failures in a row (no batch in between) before the run stops
+POLL_S = 0.1  # how often a waiting thread checks for a stop or a dead producer
+
+
+@dataclass(frozen=True)
+class Produced:
+    """One step's groups, all sampled by one version of the weights."""
+
+    index: int  # the batch's number since the producer started: its prompts follow from it
+    version: int
+    trajectories: list[Trajectory]
+    gen_s: float  # the producer's seconds on this batch (generation and tool calls)
+
+
+@dataclass(frozen=True)
+class Taken:
+    trajectories: list[Trajectory]
+    cursor: int  # the trainer's data position after this batch (what a checkpoint saves)
+    metrics: dict[str, float]
+
+
+def check_supported(cfg: Config, world_size: int) -> None:
+    """Raises ArlkitError for the settings asynchronous rollouts do not support yet (docs/async.md)."""
+    unsupported = {
+        "rollout.backend engine or hf (the vLLM server is not published to asynchronously yet)": (
+            cfg.rollout.backend == "vllm"
+        ),
+        "no rollout.agent (the gateway serves the trainer's runner)": cfg.rollout.agent is not None,
+        "branching.mode none (branches resume the step's own episodes)": cfg.branching.mode != "none",
+        "algo.dynamic_sampling false (refill rounds sample from the current policy)": cfg.algo.dynamic_sampling,
+        "one process (launch without torchrun)": world_size > 1,
+        "a policy without model.routing (adapters route inside the trainer's engine)": (
+            cfg.model.routing is not None
+        ),
+    }
+    for need, bad in unsupported.items():
+        if bad:
+            raise ArlkitError(f"rollout.max_staleness {cfg.rollout.max_staleness} needs {need}")
+
+
+class AsyncRollouts:
+    """The producer thread, its rollout copy and the buffer. `sample(runner, cursor)` runs the episodes of the
+    batch whose first prompt is at `cursor` (the loop's prompt stream) and returns their Trajectories."""
+
+    def __init__(
+        self,
+        policy_model: torch.nn.Module,
+        make_runner_on: Callable[[torch.nn.Module], EpisodeRunner],
+        sample: Callable[[EpisodeRunner, int], list[Trajectory]],
+        *,
+        cursor: int,
+        step: int,
+        per_step: int,
+        max_staleness: int,
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+    ):
+        self.copy = SamplerCopy(policy_model, dtype)  # the published weights: the trainer never writes them
+        self.runner = make_runner_on(self.copy.model)
+        self.sample, self.cursor0, self.step0 = sample, cursor, step  # step0: the step of batch 0
+        self.per_step, self.max_staleness, self.seed = per_step, max_staleness, seed
+        self.buffer: queue.Queue[Produced] = queue.Queue(maxsize=max_staleness + 1)
+        self.cond = threading.Condition()
+        self.published = self.version = step - 1  # the weights at start are those after step `step - 1`
+        self.pending: dict[str, torch.Tensor] | None = None
+        self.next_index, self.restarts, self.failures = 0, 0, 0
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.thread = self._start()
+
+    def _start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name="arlkit-producer", daemon=True)
+        thread.start()
+        return thread
+
+    def _run(self) -> None:
+        try:
+            self._produce()
+        except BaseException as e:  # the trainer decides: restart, or stop the run
+            self.error = e
+
+    def _produce(self) -> None:
+        while not self.stop.is_set():
+            j = self.next_index
+            if not self._wait_for(oldest_version(self.step0 + j, self.max_staleness)):
+                return
+            version = self._apply_pending()
+            _seed(self.runner, self.seed + self.cursor0 + j * self.per_step)
+            t0 = time.perf_counter()
+            trajs = self.sample(self.runner, self.cursor0 + j * self.per_step)
+            for t in trajs:
+                t.metadata["policy_version"] = version
+            item = Produced(j, version, trajs, time.perf_counter() - t0)
+            while not self.stop.is_set():
+                try:
+                    self.buffer.put(item, timeout=POLL_S)
+                    break
+                except queue.Full:
+                    continue
+            self.next_index, self.failures = j + 1, 0
+
+    def _wait_for(self, version: int) -> bool:
+        """Block until `version` is published (False: stopped meanwhile)."""
+        with self.cond:
+            while self.published < version and not self.stop.is_set():
+                self.cond.wait(POLL_S)
+        return not self.stop.is_set()
+
+    @torch.no_grad()
+    def _apply_pending(self) -> int:
+        """Copy the newest published weights in (between batches only); the version the next batch samples."""
+        with self.cond:
+            state, version, self.pending = self.pending, self.published, None
+        if state is not None:
+            target = self.copy.model.state_dict()
+            for key, value in state.items():
+                target[key].copy_(value)
+            self.version = version
+        return self.version
+
+    def publish(self, policy_model: torch.nn.Module, version: int) -> None:
+        """The trainer's weights after step `version`, for the producer's next batch (a snapshot: the trainer
+        goes on updating its own). Call after every step, an update skipped or not: the producer waits on it."""
+        state = {k: v.detach().clone() for k, v in merged_state_dict(policy_model).items()}
+        with self.cond:
+            self.pending, self.published = state, version
+            self.cond.notify_all()
+
+    def take(self, step: int) -> Taken:
+        """The next batch `step` may train (older batches dropped and counted), and the step's async metrics."""
+        t0, dropped = time.perf_counter(), 0
+        restarts0 = self.restarts
+        while True:
+            item = self._get()
+            if fresh(step, [item.version], self.max_staleness)[0]:
+                break
+            dropped += self.per_step
+        n_groups = len({t.group_id for t in item.trajectories})
+        metrics = staleness_metrics([lag(step, item.version)] * n_groups, self.max_staleness)
+        metrics |= {
+            "async/dropped_stale": float(dropped),
+            "async/trainer_idle_s": time.perf_counter() - t0,
+            "async/buffer_groups": float(self.buffer.qsize() * self.per_step),
+            "async/producer_restarts": float(self.restarts - restarts0),
+            "async/policy_version": float(item.version),
+            "async/gen_s": item.gen_s,
+            "async/gen_tokens_per_s": sum(t.n_generated for t in item.trajectories) / max(item.gen_s, 1e-9),
+        }
+        return Taken(item.trajectories, self.cursor0 + (item.index + 1) * self.per_step, metrics)
+
+    def _get(self) -> Produced:
+        while True:
+            try:
+                return self.buffer.get(timeout=POLL_S)
+            except queue.Empty:
+                if not self.thread.is_alive():
+                    self._restart()
+
+    def _restart(self) -> None:
+        """Start a new producer at the batch the dead one lost. Raises ArlkitError for a configuration error,
+        or after MAX_RESTARTS failures in a row."""
+        error, self.error = self.error, None
+        if isinstance(error, ArlkitError):
+            raise error
+        self.failures += 1
+        if self.failures > MAX_RESTARTS:
+            raise ArlkitError(
+                f"the rollout producer failed {MAX_RESTARTS + 1} times in a row; last: {error!r}"
+            )
+        self.restarts += 1
+        self.thread = self._start()
+
+    def close(self) -> None:
+        self.stop.set()
+        with self.cond:
+            self.cond.notify_all()
+        self.thread.join(timeout=30)
+
+
+def _seed(runner: Any, seed: int) -> None:
+    """Seed the runner's sampling generator (the engine's, or its Generator's) for one batch."""
+    for owner in (runner, getattr(runner, "generator", None)):
+        rng = getattr(owner, "rng", None)
+        if isinstance(rng, torch.Generator):
+            rng.manual_seed(seed)
+            return
+
+
+def start_rollouts(s: Any, step: int) -> AsyncRollouts:
+    """The producer for a run set up as `s` (train/setup.py's Setup) whose next step is `step`, starting at
+    the trainer's data position `s.cursor`.
+
+    Raises:
+        ArlkitError: a setting asynchronous rollouts do not support (`check_supported`).
+    """
+    cfg = s.cfg
+    check_supported(cfg, s.dist.world_size)
+    r = cfg.rollout
+    tokenizer = copy.deepcopy(s.policy.tokenizer)  # a fast tokenizer is not safe to share between threads
+    params = RolloutParams(cfg.task.max_turns, r.max_new_tokens, r.max_length, r.temperature, r.top_p)
+
+    def runner_on(model: torch.nn.Module) -> EpisodeRunner:
+        pad = tokenizer.pad_token_id
+        return make_runner(r.backend, model, pad, max_batch=r.max_batch, prefill_tokens=r.prefill_tokens)
+
+    def sample(runner: EpisodeRunner, cursor: int) -> list[Trajectory]:
+        index = list(range(cursor, cursor + per_step))  # one process: the stream's own indices
+        rows = [s.train_rows[g % len(s.train_rows)] for g in index for _ in range(r.n)]
+        groups = [g for g in index for _ in range(r.n)]
+        return [e.traj for e in rollout_episodes(runner, tokenizer, s.task.make_env, rows, groups, params)]
+
+    per_step = r.prompts_per_step
+    return AsyncRollouts(
+        s.policy.model,
+        runner_on,
+        sample,
+        cursor=s.cursor,
+        step=step,
+        per_step=per_step,
+        max_staleness=r.max_staleness,
+        dtype=torch.bfloat16 if r.dtype == "bfloat16" else torch.float32,
+        seed=cfg.train.seed,
+    )
