@@ -11,11 +11,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
-from arlkit.gateway.protocol import ChatRequest, error_body, stream_chunks
-from arlkit.gateway.server import SESSION_HEADER, Gateway, GatewayError
+from arlkit.gateway.protocol import SESSION_HEADER, ChatRequest, GatewayError, error_body, stream_chunks
 
 
-def build_app(gw: Gateway) -> FastAPI:
+def build_app(gw: Any) -> FastAPI:
+    """The routes over `gw`, a server.Gateway (not imported: server.py builds this app)."""
     app = FastAPI(title="arlkit gateway", docs_url=None, redoc_url=None, openapi_url=None)
 
     def fail(e: GatewayError) -> JSONResponse:

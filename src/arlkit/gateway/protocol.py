@@ -19,6 +19,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from arlkit.envs.parsing import ActionFormat, ParsedAction
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
+SESSION_HEADER = "x-session-id"
+
+
+class GatewayError(Exception):
+    """An error the client gets as OpenAI-style JSON with an HTTP status."""
+
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+
+
 MAX_N = 16
 
 

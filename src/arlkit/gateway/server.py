@@ -26,6 +26,7 @@ from arlkit.envs.parsing import ActionFormat
 from arlkit.errors import ArlkitError
 from arlkit.gateway.protocol import (
     ChatRequest,
+    GatewayError,
     apply_stop,
     choice_body,
     completion_body,
@@ -36,18 +37,6 @@ from arlkit.gateway.recorder import Session
 from arlkit.gateway.service import GenerationService, Sampling
 from arlkit.rollout.generator import Generation
 from arlkit.rollout.spans import SpanScanner
-
-SESSION_HEADER = "x-session-id"
-
-
-class GatewayError(Exception):
-    """An error the client gets as OpenAI-style JSON with an HTTP status."""
-
-    def __init__(
-        self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None
-    ):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param = status, message, kind, param
 
 
 @dataclass
