@@ -181,3 +181,40 @@ def test_a_users_task_runs_in_a_two_process_launch(tiny, tmp_path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((run / "summary.json").read_text())["steps"] == 1
+
+
+def test_passk_and_cea_run_a_users_task_by_the_command_line(tiny, tmp_path) -> None:
+    """The analyses find a user's task the same way train and eval do (examples/letter_count.py)."""
+    common = [
+        f"model.path={tiny.sft_dir}",
+        "train.device=cpu",
+        "rollout.max_new_tokens=16",
+        "train.n_samples=1",
+    ]
+    passk = [
+        f"train.run_dir={tmp_path / 'passk'}",
+        f"passk.policies.random={tiny.model_dir}",
+        f"passk.policies.sft={tiny.sft_dir}",
+        "passk.n=2",
+        "passk.caps=[0, 1]",
+        "passk.n_questions=2",
+        "passk.questions_per_batch=2",
+    ]
+    proc = run_cli("passk", "examples/letter_count.yaml", *common, *passk, cache=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads((tmp_path / "passk" / "passk.json").read_text())
+    assert set(res["counts"]) == {"random", "sft"}
+    cea = [
+        f"train.run_dir={tmp_path / 'cea'}",
+        f"cea.reas={tiny.model_dir}",
+        f"cea.tool={tiny.sft_dir}",
+        f"cea.unified={tiny.sft_dir}",
+        "cea.n=2",
+        "cea.n_questions=2",
+        "cea.questions_per_batch=2",
+        "cea.grad_rollouts=4",
+        "cea.grad_group=2",
+    ]
+    proc = run_cli("cea", "examples/letter_count.yaml", *common, *cea, cache=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "cea" / "cea.json").exists()
