@@ -4,7 +4,7 @@ samples for every variant.
 
     .venv/bin/python benchmarks/async_rollouts.py --steps 6 --staleness 0 1 2
 
-For each rollout.max_staleness it runs `arlkit.train` in this process and reports, over the training steps
+For each rollout.max_staleness (with max_staleness + 1 producers unless --producers says) it runs `arlkit.train` in this process and reports, over the training steps
 (evaluation and checkpoints excluded): steps per hour, generated tokens per second, the trainer's idle share
 (synchronous: the rollout's share of a step, when no update runs; asynchronous: the time `take` waited for the
 producer's buffer) and the held-out EM after the run, so speed is not bought with learning; then the
@@ -75,6 +75,7 @@ def run(staleness: int, args: argparse.Namespace, root: Path) -> dict[str, float
         f"rollout.n={args.n}",
         f"rollout.prompts_per_step={args.prompts}",
         f"rollout.max_staleness={staleness}",
+        f"rollout.producers={args.producers or staleness + 1}",
         f"train.steps={args.steps}",
         "train.device=cpu",
         f"train.threads={args.threads}",
@@ -109,6 +110,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--n-eval", type=int, default=32)
     p.add_argument("--staleness", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--producers", type=int, default=0, help="rollout.producers (0: max_staleness + 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (train.threads), the same for all")
     p.add_argument("--out", default=None, help="a folder to keep the runs in (default: a temporary one)")
     args = p.parse_args()

@@ -256,6 +256,9 @@ class RolloutConfig(_Section):
     # asynchronous rollouts (docs/async.md): 0 = the synchronous loop; k ≥ 1: a producer thread samples ahead
     # on a copy of the weights, and a step trains groups sampled by weights at most k updates old
     max_staleness: int = Field(0, ge=0)
+    # max_staleness > 0: producer threads, each with its own copy of the weights, sampling consecutive steps at
+    # once so one step's tool waits overlap another's (more than max_staleness + 1 have nothing to do)
+    producers: int = Field(1, gt=0)
     # an agent written against the OpenAI API, `my_pkg.agent:run` (async def run(client, row) -> reward); its
     # requests go through arlkit's gateway and are recorded as the episode (arlkit/gateway/agents.py)
     agent: str | None = None

@@ -18,7 +18,7 @@ bounded buffer and publishes its weights back after every step.
 from __future__ import annotations
 
 import copy
-import queue
+import heapq
 import threading
 import time
 from collections.abc import Callable
@@ -75,9 +75,23 @@ def check_supported(cfg: Config, world_size: int) -> None:
             raise ArlkitError(f"rollout.max_staleness {cfg.rollout.max_staleness} needs {need}")
 
 
+@dataclass
+class _Producer:
+    """One producer thread with its own copy of the weights and its own runner (its engine's KV caches)."""
+
+    copy: SamplerCopy
+    runner: EpisodeRunner
+    version: int  # the version its copy holds
+    batch: int | None = None  # the batch it is sampling: a restart samples it again
+    error: BaseException | None = None
+    thread: threading.Thread | None = None
+
+
 class AsyncRollouts:
-    """The producer thread, its rollout copy and the buffer. `sample(runner, cursor)` runs the episodes of the
-    batch whose first prompt is at `cursor` (the loop's prompt stream) and returns their Trajectories."""
+    """The producer threads, their rollout copies and the buffer. `sample(runner, cursor)` runs the episodes of
+    the batch whose first prompt is at `cursor` (the loop's prompt stream) and returns their Trajectories.
+    Several producers (`producers`) sample consecutive batches at once, so one batch's tool waits overlap
+    another's; each holds its own copy of the weights, and batches reach the trainer in order."""
 
     def __init__(
         self,
@@ -89,86 +103,92 @@ class AsyncRollouts:
         step: int,
         per_step: int,
         max_staleness: int,
+        producers: int = 1,
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
     ):
-        self.copy = SamplerCopy(policy_model, dtype)  # the published weights: the trainer never writes them
-        self.runner = make_runner_on(self.copy.model)
         self.sample, self.cursor0, self.step0 = sample, cursor, step  # step0: the step of batch 0
         self.per_step, self.max_staleness, self.seed = per_step, max_staleness, seed
-        self.buffer: queue.Queue[Produced] = queue.Queue(maxsize=max_staleness + 1)
-        self.cond = threading.Condition()
-        self.published = self.version = step - 1  # the weights at start are those after step `step - 1`
-        self.pending: dict[str, torch.Tensor] | None = None
-        self.next_index, self.restarts, self.failures = 0, 0, 0
-        self.error: BaseException | None = None
+        self.cond = threading.Condition()  # guards everything below that the threads share
+        self.published = step - 1  # the weights at start are those after step `step - 1`
+        self.snapshot: tuple[int, dict[str, torch.Tensor]] | None = None  # never mutated once published
+        self.done: dict[int, Produced] = {}  # finished batches by index, not yet taken (the buffer)
+        self.redo: list[int] = []  # batches a failed producer lost
+        self.next_index = self.next_take = self.restarts = self.failures = 0
         self.stop = threading.Event()
-        self.thread = self._start()
+        self.producers = []
+        for _ in range(producers):
+            copy_ = SamplerCopy(policy_model, dtype)  # the published weights: the trainer never writes them
+            self.producers.append(_Producer(copy_, make_runner_on(copy_.model), step - 1))
+        for p in self.producers:
+            self._start(p)
 
-    def _start(self) -> threading.Thread:
-        thread = threading.Thread(target=self._run, name="arlkit-producer", daemon=True)
-        thread.start()
-        return thread
+    def _start(self, p: _Producer) -> None:
+        p.error, p.thread = (
+            None,
+            threading.Thread(target=self._run, args=(p,), name="arlkit-producer", daemon=True),
+        )
+        p.thread.start()
 
-    def _run(self) -> None:
+    def _run(self, p: _Producer) -> None:
         try:
-            self._produce()
+            self._produce(p)
         except BaseException as e:  # the trainer decides: restart, or stop the run
-            self.error = e
+            p.error = e
 
-    def _produce(self) -> None:
+    def _produce(self, p: _Producer) -> None:
         while not self.stop.is_set():
-            j = self.next_index
+            with self.cond:
+                j = p.batch = heapq.heappop(self.redo) if self.redo else self._claim()
             if not self._wait_for(oldest_version(self.step0 + j, self.max_staleness)):
                 return
-            version = self._apply_pending()
-            _seed(self.runner, self.seed + self.cursor0 + j * self.per_step)
+            self._apply(p)
+            _seed(p.runner, self.seed + self.cursor0 + j * self.per_step)
             t0 = time.perf_counter()
-            trajs = self.sample(self.runner, self.cursor0 + j * self.per_step)
+            trajs = self.sample(p.runner, self.cursor0 + j * self.per_step)
             for t in trajs:
-                t.metadata["policy_version"] = version
-            item = Produced(j, version, trajs, time.perf_counter() - t0)
-            while not self.stop.is_set():
-                try:
-                    self.buffer.put(item, timeout=POLL_S)
-                    break
-                except queue.Full:
-                    continue
-            self.next_index, self.failures = j + 1, 0
+                t.metadata["policy_version"] = p.version
+            with self.cond:
+                self.done[j] = Produced(j, p.version, trajs, time.perf_counter() - t0)
+                p.batch, self.failures = None, 0
+                self.cond.notify_all()
+
+    def _claim(self) -> int:
+        self.next_index += 1
+        return self.next_index - 1
 
     def _wait_for(self, version: int) -> bool:
-        """Block until `version` is published (False: stopped meanwhile)."""
+        """Block until `version` is published (False: stopped meanwhile). This gate is the back-pressure: the
+        batches finished and not yet taken never exceed max_staleness + 1."""
         with self.cond:
             while self.published < version and not self.stop.is_set():
                 self.cond.wait(POLL_S)
         return not self.stop.is_set()
 
     @torch.no_grad()
-    def _apply_pending(self) -> int:
-        """Copy the newest published weights in (between batches only); the version the next batch samples."""
+    def _apply(self, p: _Producer) -> None:
+        """Copy the newest published weights into `p` (between its batches only)."""
         with self.cond:
-            state, version, self.pending = self.pending, self.published, None
-        if state is not None:
-            target = self.copy.model.state_dict()
-            for key, value in state.items():
+            snapshot = self.snapshot
+        if snapshot is not None and snapshot[0] > p.version:
+            target = p.copy.model.state_dict()
+            for key, value in snapshot[1].items():
                 target[key].copy_(value)
-            self.version = version
-        return self.version
+            p.version = snapshot[0]
 
     def publish(self, policy_model: torch.nn.Module, version: int) -> None:
-        """The trainer's weights after step `version`, for the producer's next batch (a snapshot: the trainer
-        goes on updating its own). Call after every step, an update skipped or not: the producer waits on it."""
+        """The trainer's weights after step `version`, for the producers' next batches (a snapshot: the trainer
+        goes on updating its own). Call after every step, an update skipped or not: the producers wait on it."""
         state = {k: v.detach().clone() for k, v in merged_state_dict(policy_model).items()}
         with self.cond:
-            self.pending, self.published = state, version
+            self.snapshot, self.published = (version, state), version
             self.cond.notify_all()
 
     def take(self, step: int) -> Taken:
         """The next batch `step` may train (older batches dropped and counted), and the step's async metrics."""
-        t0, dropped = time.perf_counter(), 0
-        restarts0 = self.restarts
+        t0, dropped, restarts0 = time.perf_counter(), 0, self.restarts
         while True:
-            item = self._get()
+            item = self._next()
             if fresh(step, [item.version], self.max_staleness)[0]:
                 break
             dropped += self.per_step
@@ -177,7 +197,7 @@ class AsyncRollouts:
         metrics |= {
             "async/dropped_stale": float(dropped),
             "async/trainer_idle_s": time.perf_counter() - t0,
-            "async/buffer_groups": float(self.buffer.qsize() * self.per_step),
+            "async/buffer_groups": float(len(self.done) * self.per_step),
             "async/producer_restarts": float(self.restarts - restarts0),
             "async/policy_version": float(item.version),
             "async/gen_s": item.gen_s,
@@ -185,33 +205,40 @@ class AsyncRollouts:
         }
         return Taken(item.trajectories, self.cursor0 + (item.index + 1) * self.per_step, metrics)
 
-    def _get(self) -> Produced:
-        while True:
-            try:
-                return self.buffer.get(timeout=POLL_S)
-            except queue.Empty:
-                if not self.thread.is_alive():
-                    self._restart()
+    def _next(self) -> Produced:
+        """The next batch in order, restarting producers that died meanwhile."""
+        with self.cond:
+            while self.next_take not in self.done:
+                for p in self.producers:
+                    if p.thread is not None and not p.thread.is_alive():
+                        self._restart(p)
+                self.cond.wait(POLL_S)
+            self.next_take += 1
+            return self.done.pop(self.next_take - 1)
 
-    def _restart(self) -> None:
-        """Start a new producer at the batch the dead one lost. Raises ArlkitError for a configuration error,
-        or after MAX_RESTARTS failures in a row."""
-        error, self.error = self.error, None
-        if isinstance(error, ArlkitError):
-            raise error
+    def _restart(self, p: _Producer) -> None:
+        """Start `p` again; the batch it lost goes back to be sampled first. Raises ArlkitError for a
+        configuration error, or after MAX_RESTARTS failures in a row (no batch finished in between)."""
+        if isinstance(p.error, ArlkitError):
+            raise p.error
         self.failures += 1
         if self.failures > MAX_RESTARTS:
             raise ArlkitError(
-                f"the rollout producer failed {MAX_RESTARTS + 1} times in a row; last: {error!r}"
+                f"the rollout producer failed {MAX_RESTARTS + 1} times in a row; last: {p.error!r}"
             )
+        if p.batch is not None:
+            heapq.heappush(self.redo, p.batch)
+            p.batch = None
         self.restarts += 1
-        self.thread = self._start()
+        self._start(p)
 
     def close(self) -> None:
         self.stop.set()
         with self.cond:
             self.cond.notify_all()
-        self.thread.join(timeout=30)
+        for p in self.producers:
+            if p.thread is not None:
+                p.thread.join(timeout=30)
 
 
 def _seed(runner: Any, seed: int) -> None:
@@ -255,6 +282,7 @@ def start_rollouts(s: Any, step: int) -> AsyncRollouts:
         step=step,
         per_step=per_step,
         max_staleness=r.max_staleness,
+        producers=r.producers,
         dtype=torch.bfloat16 if r.dtype == "bfloat16" else torch.float32,
         seed=cfg.train.seed,
     )
