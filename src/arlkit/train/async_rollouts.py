@@ -1,13 +1,15 @@
-"""Asynchronous rollouts with bounded staleness (issue 22, docs/async.md): a producer thread samples whole
-steps' groups on a rollout copy of the weights while the trainer updates; the trainer takes them from a
-bounded buffer and publishes its weights back after every step.
+"""Asynchronous rollouts with bounded staleness (issue 22, docs/async.md): producer threads sample whole
+steps' groups on rollout copies of the weights while the trainer updates; the trainer takes them, in order,
+from a bounded buffer and publishes its weights back after every step.
 
-- Versions and lags: rollout/staleness.py. Before sampling the batch of step k the producer waits for
-  version ≥ k − 1 − max_staleness, so it never samples what would have to be thrown away and holds at most
-  max_staleness batches ahead (the back-pressure); a batch older than the bound is still checked at take time,
-  dropped and counted, never trained.
-- Publication at version boundaries: `publish` leaves a snapshot of the weights; the producer copies it into
+- Versions and lags: rollout/staleness.py. Before sampling the batch of step k a producer waits for
+  version ≥ k − 1 − max_staleness, so it never samples what would have to be thrown away, and the batches
+  sampled but not yet trained stay at most max_staleness + 1 (the back-pressure); a batch older than the
+  bound is still checked at take time, dropped and counted, never trained.
+- Publication at version boundaries: `publish` leaves a snapshot of the weights; a producer copies it into
   its model only between batches, so no batch mixes two versions (`metadata["policy_version"]`).
+- Several producers (`rollout.producers`) sample consecutive batches at once, each on its own copy, so one
+  batch's tool waits overlap another's.
 - A producer that raises (an env factory, a bug) is restarted and the batch it lost is regenerated from the
   same prompts; `ArlkitError` (a configuration error) stops the run as it does synchronously.
 - Determinism: batch j's prompts and sampling seed follow from the trainer's cursor, so what is dropped at a
