@@ -75,7 +75,7 @@ def test_stale_samples_turn_on_tis_and_unsupported_settings_fail(tiny, tmp_path)
     assert _cfg(tiny, tmp_path).algo.rollout_correction == "none"  # fp32 engine, synchronous
     assert _cfg(tiny, tmp_path, "rollout.max_staleness=1").algo.rollout_correction == "tis"
     check_supported(_cfg(tiny, tmp_path, "rollout.max_staleness=1"), world_size=1)
-    for extra in ("branching.mode=arpo", "algo.dynamic_sampling=true"):
+    for extra in ("branching.mode=arpo", "algo.dynamic_sampling=true", "rollout.backend=vllm"):
         with pytest.raises(ArlkitError, match=r"rollout\.max_staleness 1 needs"):
             check_supported(_cfg(tiny, tmp_path, "rollout.max_staleness=1", extra), world_size=1)
     with pytest.raises(ArlkitError, match="one process"):
