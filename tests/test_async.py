@@ -80,6 +80,8 @@ def test_stale_samples_turn_on_tis_and_unsupported_settings_fail(tiny, tmp_path)
             check_supported(_cfg(tiny, tmp_path, "rollout.max_staleness=1", extra), world_size=1)
     with pytest.raises(ArlkitError, match="one process"):
         check_supported(_cfg(tiny, tmp_path, "rollout.max_staleness=1"), world_size=2)
+    with pytest.raises(ArlkitError, match=r"branching\.mode none"):  # at setup, before the model loads
+        setup(_cfg(tiny, tmp_path, "rollout.max_staleness=1", "branching.mode=arpo"), QUIET)
 
 
 # --- the producer and its buffer on the real engine ---

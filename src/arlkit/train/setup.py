@@ -33,6 +33,7 @@ from arlkit.tasks import Task, ToyTask
 from arlkit.tasks import build_task as task_from_config
 from arlkit.tasks.remote import with_ray_tools
 from arlkit.train.async_rollouts import AsyncRollouts
+from arlkit.train.async_rollouts import check_supported as check_async_supported
 from arlkit.train.distributed import (
     Dist,
     GradSync,
@@ -225,6 +226,8 @@ def setup(
     if dist.fsdp:
         check_fsdp_supported(cfg)
     check_divisible(cfg.rollout.prompts_per_step, dist)
+    if cfg.rollout.max_staleness and for_training:  # before a model or a vLLM server loads
+        check_async_supported(cfg, dist.world_size)
     writes = dist.is_main and run_mode is not None
     run = RunDir(cfg.train.run_dir, mode=run_mode) if writes else QuietRunDir(cfg.train.run_dir)
     run.loggers = tuple(build_loggers(cfg, run.path)) if writes else ()
