@@ -9,11 +9,13 @@ import math
 import time
 
 import pytest
+import torch
 from conftest import tiny_run_overrides
 from rich.console import Console
 
 from arlkit.config import load_config
 from arlkit.errors import ArlkitError
+from arlkit.models.precision import merged_state_dict
 from arlkit.rollout.staleness import fresh, lag, oldest_version, staleness_metrics
 from arlkit.train.async_rollouts import check_supported, start_rollouts
 from arlkit.train.loop import train, train_step
@@ -121,6 +123,12 @@ def test_producer_batches_carry_their_version_and_steps_train_within_the_bound(t
         versions = {t.metadata["policy_version"] for t in taken.trajectories}
         assert len(versions) == 1 and versions <= {2, 3}
         assert sorted(t.group_id for t in taken.trajectories) == [6] * 4 + [7] * 4  # whole groups, in order
+        # the batch of step 5 samples version 3: the producer that takes it holds exactly the trained weights
+        deadline = time.monotonic() + 30
+        while not any(p.version == 3 for p in s.rollouts.producers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        held = next(p for p in s.rollouts.producers if p.version == 3).copy.model.state_dict()
+        assert all(torch.equal(held[k], v) for k, v in merged_state_dict(s.policy.model).items())
     finally:
         s.rollouts.close()
 
