@@ -192,8 +192,13 @@ def _comparable(rows: list[dict]) -> list[dict]:
 
 def test_max_staleness_0_is_the_synchronous_loop(tiny, tmp_path):
     # the default and an explicit 0 run the same code path: the same numbers, no async metrics
-    train(_cfg(tiny, tmp_path / "a"), QUIET)
-    train(_cfg(tiny, tmp_path / "b", "rollout.max_staleness=0"), QUIET)
+    # one torch thread: on a shared CPU an oversubscribed pool made this test 10x slower
+    threads = torch.get_num_threads()
+    try:
+        train(_cfg(tiny, tmp_path / "a", "train.threads=1"), QUIET)
+        train(_cfg(tiny, tmp_path / "b", "train.threads=1", "rollout.max_staleness=0"), QUIET)
+    finally:
+        torch.set_num_threads(threads)  # setup sets it for the whole process
     a, b = _logged(tmp_path / "a" / "run"), _logged(tmp_path / "b" / "run")
     assert _comparable(a) == _comparable(b)
     assert not any(k.startswith("async/") for r in a for k in r)
