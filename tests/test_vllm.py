@@ -7,6 +7,7 @@ fails these tests with the install command.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -324,3 +325,28 @@ def test_the_gateway_serves_an_openai_agent_from_vllm(server, tiny) -> None:
     got = torch.tensor([t.logprobs[i] for i in gen_pos])
     assert torch.allclose(got, ours[[i - 1 for i in gen_pos]], atol=1e-4)
     assert gen.stats["cached_tokens"] > 0  # the second and third requests' histories
+
+
+def test_eval_without_a_run_folder_starts_its_server(tiny, tmp_path) -> None:
+    """`arlkit eval` keeps no run folder unless asked; arlkit's vLLM server then logs to a temporary one."""
+    from conftest import run_cli
+
+    out = tmp_path / "metrics.json"
+    args = [
+        "--model",
+        str(tiny.sft_dir),
+        "--out",
+        str(out),
+        "rollout.backend=vllm",
+        "rollout.vllm.kv_cache_gb=1",
+    ]
+    args += [
+        "task.n_people=120",
+        "task.fmt=hermes",
+        "task.n_eval=2",
+        "train.device=cpu",
+        f"train.run_dir={tmp_path / 'none'}",
+    ]
+    proc = run_cli("eval", *args, cache=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(out.read_text())["n"] == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,7 +253,9 @@ def setup(
     if cfg.rollout.backend == "vllm":
         if dist.enabled:
             raise ArlkitError("rollout.backend vllm runs with one trainer process; launch without torchrun")
-        sampler = build_vllm(cfg, policy, run.path, rollout_seed(cfg.train.seed, dist))
+        # the server's log goes to the run folder; an evaluation that keeps none logs to a temporary folder
+        logs = run.path if writes else Path(tempfile.mkdtemp(prefix="arlkit-vllm-"))
+        sampler = build_vllm(cfg, policy, logs, rollout_seed(cfg.train.seed, dist))
         generator: EpisodeRunner = TurnSyncRunner(sampler.generator)
     else:
         sampler = build_sampler(cfg, policy)
