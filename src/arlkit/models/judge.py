@@ -3,6 +3,7 @@ told otherwise. For a judge larger than the policy, serve it (vLLM, an API) and 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import torch
@@ -16,9 +17,15 @@ def hf_judge(path: str, max_new_tokens: int = 8, device: str = "cpu") -> Callabl
 
     tokenizer = load_tokenizer(path, field="judge")
     model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    # the envs of a batch step at once (rollout/engine.py advance_all): one model, one reply at a time
+    lock = threading.Lock()
 
     @torch.no_grad()
     def chat(messages: list[dict]) -> str:
+        with lock:
+            return _reply(messages)
+
+    def _reply(messages: list[dict]) -> str:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
         ids = ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids
         out = model.generate(

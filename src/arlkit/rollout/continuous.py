@@ -27,7 +27,7 @@ from arlkit.errors import ArlkitError
 from arlkit.models.cache_api import with_cache
 from arlkit.models.routing import is_routed, route_of_role, routing
 from arlkit.rollout.cuda_graph import StaticDecoder
-from arlkit.rollout.engine import Episode, RolloutParams, SpawnFn, sampling_params
+from arlkit.rollout.engine import Episode, RolloutParams, SpawnFn, advance_all, sampling_params
 from arlkit.rollout.generator import SamplingParams, sample_next
 from arlkit.rollout.kv_cache import Layout, SlotCache, model_dims, window_mask
 from arlkit.rollout.spans import TurnText
@@ -135,8 +135,13 @@ class ContinuousEngine:
                 self._admit(slots, waiting)
                 self._ensure_positions(slots, params.max_length + 1)
                 self._prefill(slots)
-                for i, reason in self._decode(slots, sampling, stop_ids):
-                    forks = self._end_turn(slots, i, reason, spawn)
+                ended = self._decode(slots, sampling, stop_ids)
+                # the envs of turns that ended together step at once (their tool calls overlap)
+                advance_all(
+                    [(slots[i].ep, slots[i].gen_ids, slots[i].gen_lp, slots[i].gen_ent, r) for i, r in ended]
+                )
+                for i, _ in ended:
+                    forks = self._end_turn(slots, i, spawn)
                     waiting.extendleft(reversed(forks))  # first, while their donor is resident
                     out += forks
                 if not waiting:
@@ -345,13 +350,11 @@ class ContinuousEngine:
         pos_t = torch.tensor(pos, device=dev)[:, None]  # (B, 1)
         return self._forward(torch.tensor(ids, device=dev)[:, None], pos_t, layout, routes)
 
-    def _end_turn(
-        self, slots: list[_Slot | None], i: int, reason: str, spawn: SpawnFn | None
-    ) -> list[Episode]:
-        """Hand the turn to the env; keep the slot for the next turn or free it. Returns spawned episodes."""
+    def _end_turn(self, slots: list[_Slot | None], i: int, spawn: SpawnFn | None) -> list[Episode]:
+        """After the env stepped (`advance_all`): keep the slot for the next turn or free it. Returns spawned
+        episodes."""
         s = slots[i]
         ep = s.ep
-        ep.advance(s.gen_ids, s.gen_lp, s.gen_ent, reason)
         if ep.done:
             slots[i] = None
             return []

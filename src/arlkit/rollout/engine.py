@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -111,6 +113,17 @@ class Episode:
         finish_reason: str = "stop",
     ) -> None:
         """Append one turn's generated ids, step the env, and append its observation (or finish)."""
+        decoded = self.take_turn(ids, logprobs, entropies, finish_reason)
+        self.apply_step(self.env_step(decoded))
+
+    def take_turn(
+        self,
+        ids: list[int],
+        logprobs: list[float] | None = None,
+        entropies: list[float] | None = None,
+        finish_reason: str = "stop",
+    ) -> str:
+        """The first part of `advance`: record the turn's ids; returns the decoded action for the env."""
         p = self.partial
         if p.ids:  # the turn began before this runner took over (a branch)
             nan = [math.nan] * len(ids)
@@ -127,12 +140,23 @@ class Episode:
         decoded = self.tokenizer.decode(ids, skip_special_tokens=False)
         self.text += decoded
         self.messages.append({"role": "assistant", "content": _strip_eos(decoded, self.tokenizer.eos_token)})
+        return decoded
+
+    def env_step(self, decoded: str) -> Any:
+        """The env's step on the decoded action (its tool calls): the part of `advance` that may wait, and
+        touches nothing but the env, so several episodes' steps can run at once (`advance_all`). An env that
+        raises gives its exception back (a configuration error is raised)."""
         try:
-            step = self.env.step(decoded)
+            return self.env.step(decoded)
         except ArlkitError:  # a configuration error stops the run with its message
             raise
         except Exception as exc:  # a bug in env code, not the model's doing (a failed tool call never raises)
-            self.crash(exc)
+            return exc
+
+    def apply_step(self, step: Any) -> None:
+        """The last part of `advance`: the step's outcome, then the observation's ids (or the episode's end)."""
+        if isinstance(step, Exception):
+            self.crash(step)
             return
         self.traj.set_turn_outcome(step.calls, step.reward)
         if step.done:
@@ -300,18 +324,56 @@ class TurnSyncRunner:
             if not live:
                 break
             gens = self.generator.generate([e.context_ids() for e in live], sampling_params(params, live[0]))
-            nxt: list[Episode] = []
+            turns = []
             for ep, g in zip(live, gens, strict=True):
-                n, reason = ep.turn_budget(), g.finish_reason
-                if len(g.ids) > n:
-                    reason = "length"
-                ep.advance(g.ids[:n], g.logprobs[:n], g.entropies[:n], reason)
+                n = ep.turn_budget()
+                reason = "length" if len(g.ids) > n else g.finish_reason
+                turns.append((ep, g.ids[:n], g.logprobs[:n], g.entropies[:n], reason))
+            advance_all(turns)
+            nxt: list[Episode] = []
+            for ep in live:
                 if not ep.done:
                     forks = spawn(ep) if spawn is not None else []
                     nxt += [ep, *forks]
                     out += forks
             live = nxt
         return out
+
+
+# env steps of one batch running at once: tool calls wait on I/O, sandboxes or sleeps, not on this process
+# (1: one after another, as before; benchmarks/env_steps.py compares)
+ENV_WORKERS = 16
+_ENV_POOL: ThreadPoolExecutor | None = None
+
+
+def advance_all(turns: Sequence[tuple[Episode, list[int], list[float], list[float] | None, str]]) -> None:
+    """`Episode.advance` for several episodes whose turns ended together: ids and the tokenizer are handled
+    here, in order; their env steps (tool calls) run concurrently on up to ENV_WORKERS threads, so one
+    episode's slow tool does not hold the others back (a 300 ms search × 64 episodes was 19 s a turn, one
+    after another). The result is the same as advancing them one by one: each env only sees its own action."""
+    global _ENV_POOL
+    if not all(isinstance(t[0], Episode) for t in turns):  # a runner's own turn objects (the gateway's)
+        for ep, ids, lp, ent, reason in turns:
+            ep.advance(ids, lp, ent, reason)
+        return
+    decoded = [ep.take_turn(ids, lp, ent, reason) for ep, ids, lp, ent, reason in turns]
+    eps = [t[0] for t in turns]
+    if len(turns) > 1 and ENV_WORKERS > 1:
+        if _ENV_POOL is None or _ENV_POOL._max_workers != ENV_WORKERS:
+            _ENV_POOL = ThreadPoolExecutor(ENV_WORKERS, thread_name_prefix="arlkit-env")
+        steps = list(_ENV_POOL.map(lambda ed: ed[0].env_step(ed[1]), zip(eps, decoded, strict=True)))
+    else:
+        steps = [ep.env_step(d) for ep, d in zip(eps, decoded, strict=True)]
+    for ep, step in zip(eps, steps, strict=True):
+        ep.apply_step(step)
+
+
+def _reset_env_pool() -> None:
+    global _ENV_POOL
+    _ENV_POOL = None  # a forked child has none of its parent's threads
+
+
+os.register_at_fork(after_in_child=_reset_env_pool)
 
 
 def as_runner(backend: Generator | EpisodeRunner) -> EpisodeRunner:
