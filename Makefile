@@ -20,7 +20,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/pip install --quiet -e ".[dev,tensorboard,parquet,ray,gym,datasets,mcp,gateway]"
+	$(BIN)/pip install --quiet -e ".[dev,tensorboard,parquet,ray,gym,datasets,mcp,gateway,verifiers]"
 	touch $@
 
 install: $(VENV)/.installed

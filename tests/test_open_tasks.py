@@ -55,7 +55,7 @@ def test_an_entry_point_names_a_task(monkeypatch) -> None:
     monkeypatch.setattr(resolve, "entry_points", lambda group: [found] if group == "arlkit.tasks" else [])
     cfg = load_config(None, ["task.name=letters", "task.brevity_weight=0.2"])
     assert type(build_task(cfg.task)).__name__ == "LetterCount"
-    with pytest.raises(ArlkitError, match=r"valid: .*toywiki, letters; or an import path"):
+    with pytest.raises(ArlkitError, match=r"valid: .*toywiki, verifiers, letters; or an import path"):
         load_config(None, ["task.name=chess"])
 
 

@@ -44,7 +44,7 @@ DATACLASS_TASKS = ("toywiki", "toysql", "math_python", "qa_files", "nl2sql_files
 
 
 def test_every_config_section_maps_onto_its_task_class() -> None:
-    assert sorted([*DATACLASS_TASKS, "gymnasium"]) == TASKS.names()
+    assert sorted([*DATACLASS_TASKS, "gymnasium", "verifiers"]) == TASKS.names()
     for name in DATACLASS_TASKS:
         task_cls = TASKS.get(name)
         section = task_cls.config_model

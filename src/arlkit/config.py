@@ -101,8 +101,8 @@ class TaskConfig(_Section):
     """The `task` section's fields every task has. A task declares its own section as a subclass (its
     `config_model`, tasks/resolve.py), validated at load like every other section: unknown keys fail by name.
 
-    `name` picks the task: a built-in (toywiki, toysql, math_python, qa_files, nl2sql_files, gymnasium), a
-    name a package registers under the `arlkit.tasks` entry-point group, or an import path
+    `name` picks the task: a built-in (toywiki, toysql, math_python, qa_files, nl2sql_files, gymnasium,
+    verifiers), a name a package registers under the `arlkit.tasks` entry-point group, or an import path
     `my_pkg.my_module:MyTask`.
     """
 

@@ -101,8 +101,8 @@ def episode_env(env: Any) -> Any:
     """
     if callable(getattr(env, "result", None)):
         return env
-    if isinstance(env, MessageEnv):
-        return MessageEnvEpisode(env)
+    if isinstance(env, MessageEnv):  # an env with tools says so in `prompt_tools`, for the chat template
+        return MessageEnvEpisode(env, prompt_tools=getattr(env, "prompt_tools", None))
     raise TypeError(f"{type(env).__name__} is not an env: it needs reset(row) and step(assistant_message)")
 
 

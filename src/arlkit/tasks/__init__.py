@@ -2,8 +2,9 @@
 
 Built-in tasks: `toywiki` (multi-hop QA, synthetic), `toysql` (NL2SQL, synthetic), `math_python` (arithmetic
 word problems with a sandboxed python tool), `qa_files` (HotpotQA, 2WikiMultihopQA, MuSiQue, JSONL/Parquet)
-`nl2sql_files` (Spider/BIRD layout) and `gymnasium` (a Gymnasium text environment). Importing this package registers them all; a user's task is found
-by name the same way (tasks/resolve.py).
+`nl2sql_files` (Spider/BIRD layout), `gymnasium` (a Gymnasium text environment) and `verifiers` (a taskset of
+the verifiers package). Importing this package registers them all; a user's task is found by name the same way
+(tasks/resolve.py).
 """
 
 from arlkit.tasks.base import (
@@ -23,6 +24,7 @@ from arlkit.tasks.qa_files import QAFilesTask
 from arlkit.tasks.resolve import ENTRY_POINT_GROUP, build_task, em_label, resolve_task
 from arlkit.tasks.toysql import ToySQLTask
 from arlkit.tasks.toywiki import ToyWikiTask
+from arlkit.tasks.verifiers_taskset import VerifiersTask
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -38,6 +40,7 @@ __all__ = [
     "ToySQLTask",
     "ToyTask",
     "ToyWikiTask",
+    "VerifiersTask",
     "build_task",
     "dataclass_from_config",
     "em_label",
