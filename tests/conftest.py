@@ -98,6 +98,17 @@ def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+def train_example(config: str, model_dir: Path, tmp_path: Path) -> Path:
+    """`arlkit train examples/...yaml` for 2 steps of 2 prompts × 2 samples on a fixture model; asserts it
+    exits 0 and returns the run folder."""
+    run = tmp_path / "run"
+    args = [config, f"model.path={model_dir}", f"train.run_dir={run}", "train.device=cpu", "train.steps=2"]
+    args += ["task.n_eval=2", "rollout.n=2", "rollout.prompts_per_step=2", "rollout.max_new_tokens=8"]
+    proc = run_cli("train", *args, cache=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return run
+
+
 def tiny_run_overrides(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     """Config overrides for a seconds-long RL run of a tiny fixture model on the fixture world; an `extra`
     override replaces the default of the same key (the CLI refuses a key given twice)."""

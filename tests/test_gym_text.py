@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import train_example
 from gymnasium import spaces  # the `gym` extra, which `make install` installs: tested, never skipped
 
 from arlkit.config import load_config
@@ -64,17 +64,7 @@ def test_an_env_id_gymnasium_cannot_make_fails_at_load(monkeypatch) -> None:
 
 
 def test_the_gym_example_trains_by_the_command_line(tiny, tmp_path) -> None:
-    run = tmp_path / "run"
-    args = ["examples/gym_corridor.yaml", f"model.path={tiny.sft_dir}", f"train.run_dir={run}"]
-    args += [
-        "train.device=cpu",
-        "train.steps=2",
-        "task.n_eval=2",
-        "rollout.n=2",
-        "rollout.prompts_per_step=2",
-    ]
-    proc = run_cli("train", *args, "rollout.max_new_tokens=8", cache=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = train_example("examples/gym_corridor.yaml", tiny.sft_dir, tmp_path)
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     step = next(m for m in logged if "rollout/reward" in m)
     assert "rollout/env/invalid_actions" in step and "rollout/env/is_success" in step

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import train_example
 
 from arlkit.envs.tool_env import ToolEnv
 from arlkit.errors import ArlkitError
@@ -99,15 +99,5 @@ def test_a_server_that_dies_mid_run_is_a_failed_call_and_one_that_never_starts_s
 
 
 def test_the_mcp_example_trains_by_the_command_line(tiny, tmp_path) -> None:
-    run = tmp_path / "run"
-    args = ["examples/mcp_letters.yaml", f"model.path={tiny.sft_dir}", f"train.run_dir={run}"]
-    args += [
-        "train.device=cpu",
-        "train.steps=2",
-        "task.n_eval=2",
-        "rollout.n=2",
-        "rollout.prompts_per_step=2",
-    ]
-    proc = run_cli("train", *args, "rollout.max_new_tokens=8", cache=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = train_example("examples/mcp_letters.yaml", tiny.sft_dir, tmp_path)
     assert json.loads((run / "summary.json").read_text())["steps"] == 2

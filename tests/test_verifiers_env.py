@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import verifiers.v1 as vf  # the `verifiers` extra, which `make install` installs: tested, never skipped
-from conftest import run_cli
+from conftest import train_example
 
 from arlkit.config import load_config
 from arlkit.envs.message_env import episode_env
@@ -233,17 +233,7 @@ def test_an_infinite_taskset_takes_max_tasks_and_em_from_must_name_a_reward(monk
 
 
 def test_the_verifiers_example_trains_by_the_command_line(tiny, tmp_path) -> None:
-    run = tmp_path / "run"
-    args = ["examples/verifiers_letters.yaml", f"model.path={tiny.sft_dir}", f"train.run_dir={run}"]
-    args += [
-        "train.device=cpu",
-        "train.steps=2",
-        "task.n_eval=2",
-        "rollout.n=2",
-        "rollout.prompts_per_step=2",
-    ]
-    proc = run_cli("train", *args, "rollout.max_new_tokens=8", cache=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = train_example("examples/verifiers_letters.yaml", tiny.sft_dir, tmp_path)
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     step = next(m for m in logged if "rollout/reward" in m)
     assert {"rollout/reward/correct", "rollout/reward/short", "rollout/env/used_tool"} <= set(step)
