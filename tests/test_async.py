@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 
 import pytest
@@ -17,6 +18,7 @@ from arlkit.config import load_config
 from arlkit.errors import ArlkitError
 from arlkit.models.precision import merged_state_dict
 from arlkit.rollout.staleness import fresh, lag, oldest_version, staleness_metrics
+from arlkit.rollout.version_gate import VersionGate
 from arlkit.train.async_rollouts import check_supported, start_rollouts
 from arlkit.train.loop import train, train_step
 from arlkit.train.setup import setup
@@ -77,13 +79,75 @@ def test_stale_samples_turn_on_tis_and_unsupported_settings_fail(tiny, tmp_path)
     assert _cfg(tiny, tmp_path).algo.rollout_correction == "none"  # fp32 engine, synchronous
     assert _cfg(tiny, tmp_path, "rollout.max_staleness=1").algo.rollout_correction == "tis"
     check_supported(_cfg(tiny, tmp_path, "rollout.max_staleness=1"), world_size=1)
-    for extra in ("branching.mode=arpo", "algo.dynamic_sampling=true", "rollout.backend=vllm"):
+    for extra in (
+        "branching.mode=arpo",
+        "algo.dynamic_sampling=true",
+        "rollout.agent=examples.openai_agent:run",
+    ):
         with pytest.raises(ArlkitError, match=r"rollout\.max_staleness 1 needs"):
             check_supported(_cfg(tiny, tmp_path, "rollout.max_staleness=1", extra), world_size=1)
+    with pytest.raises(ArlkitError, match=r"partial_rollouts needs rollout\.backend vllm"):
+        check_supported(_cfg(tiny, tmp_path, "rollout.max_staleness=1", "rollout.partial_rollouts=true"), 1)
+    with pytest.raises(ArlkitError, match=r"partial_rollouts needs rollout\.max_staleness"):
+        setup(_cfg(tiny, tmp_path, "rollout.partial_rollouts=true", "rollout.backend=vllm"), QUIET)
     with pytest.raises(ArlkitError, match="one process"):
         check_supported(_cfg(tiny, tmp_path, "rollout.max_staleness=1"), world_size=2)
     with pytest.raises(ArlkitError, match=r"branching\.mode none"):  # at setup, before the model loads
         setup(_cfg(tiny, tmp_path, "rollout.max_staleness=1", "branching.mode=arpo"), QUIET)
+
+
+# --- the version gate of a shared server (rollout/version_gate.py) ---
+
+
+def _started(target) -> threading.Thread:
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_sync_waits_for_generation_and_keeps_new_generation_out():
+    gate, log = VersionGate(4), []
+    reading, release = threading.Event(), threading.Event()
+
+    def generate():
+        with gate.read() as v:
+            log.append(("read", v))
+            reading.set()
+            release.wait(5)
+        log.append(("read done", v))
+
+    def sync():
+        with gate.write(5):
+            log.append(("write", gate.version))
+        log.append(("written", gate.version))
+
+    def late_generate():
+        with gate.read() as v:
+            log.append(("late read", v))
+
+    first = _started(generate)
+    assert reading.wait(5)
+    writer = _started(sync)
+    time.sleep(0.2)  # the sync waits for the read in flight
+    late = _started(late_generate)
+    time.sleep(0.2)  # and a read that comes after it waits for the sync (writers first: no starvation)
+    assert log == [("read", 4)]
+    release.set()
+    for t in (first, writer, late):
+        t.join(5)
+    assert log == [("read", 4), ("read done", 4), ("write", 4), ("written", 5), ("late read", 5)]
+
+
+def test_a_failed_sync_keeps_the_version_and_frees_the_gate():
+    gate = VersionGate(2)
+    with pytest.raises(RuntimeError), gate.write(3):
+        raise RuntimeError("the server refused the weights")
+    assert gate.version == 2
+    with gate.read() as v, gate.read() as w:  # reads share the gate
+        assert v == w == 2
+    with gate.write():  # the same weights again: the version stays
+        pass
+    assert gate.version == 2
 
 
 # --- the producer and its buffer on the real engine ---

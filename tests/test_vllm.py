@@ -35,6 +35,7 @@ from arlkit.rollout.vllm_backend import (
     start_server,
 )
 from arlkit.rollout.vllm_server import VLLMServer, find_python
+from arlkit.train.async_rollouts import start_rollouts
 from arlkit.train.checkpoint import resume_run, save_checkpoint
 from arlkit.train.guards import TrainState
 from arlkit.train.loop import setup, train_step
@@ -350,3 +351,45 @@ def test_eval_without_a_run_folder_starts_its_server(tiny, tmp_path) -> None:
     proc = run_cli("eval", *args, cache=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(out.read_text())["n"] == 2
+
+
+def _generated_turns(t) -> int:
+    """Runs of generated tokens in a Trajectory: its assistant turns."""
+    gen = [r in GENERATED_ROLES for r in t.roles]
+    return sum(1 for i, g in enumerate(gen) if g and (i == 0 or not gen[i - 1]))
+
+
+@pytest.mark.parametrize("partial_rollouts", [False, True])
+def test_async_rollouts_share_the_server_and_publish_into_it(
+    server, tiny, tmp_path, partial_rollouts
+) -> None:
+    """rollout.max_staleness 1 on vLLM: two producers generate on the one server while the trainer updates;
+    each publish writes the step's weights into it (the parity probe checks them) once the generation holding
+    its gate ends. Every episode says which versions sampled it, within the bound; with partial rollouts per
+    turn, one version per assistant turn, never decreasing."""
+    flag = f"rollout.partial_rollouts={str(partial_rollouts).lower()}"
+    s = _vllm_setup(tiny, tmp_path / "run", f"rollout.vllm.url={server.url}", "rollout.max_staleness=1",
+                    "rollout.producers=2", "rollout.n=4", "train.seed=5", flag)  # fmt: skip
+    s.rollouts = start_rollouts(s, step=1)
+    try:
+        for step in (1, 2, 3):
+            m = train_step(s, step)
+            s.rollouts.publish(s.policy.model, step)
+            assert s.sampler.gate.version == step and s.sampler.last_diff < 1e-4  # the server holds them
+            assert m["async/staleness_0"] + m["async/staleness_1"] == s.cfg.rollout.prompts_per_step
+            assert m["async/dropped_stale"] == 0 and math.isfinite(m["actor/pg_loss"])
+        taken = s.rollouts.take(4)
+    finally:
+        s.rollouts.close()
+        s.sampler.refresh(_load(tiny.sft_dir))  # back to the fixture's weights for the tests that follow
+        s.sampler.close()
+    assert taken.metrics["async/staleness_max"] <= 1
+    for t in taken.trajectories:
+        assert t.metadata["policy_version"] in (2, 3)  # step 4 trains version 3: lag ≤ 1
+        versions = t.metadata.get("turn_versions")
+        if not partial_rollouts:
+            assert versions is None
+            continue
+        assert versions == sorted(versions) and len(versions) == _generated_turns(t)
+        assert min(versions) == t.metadata["policy_version"] and max(versions) <= 3
+    assert server.healthy()

@@ -259,6 +259,9 @@ class RolloutConfig(_Section):
     # max_staleness > 0: producer threads, each with its own copy of the weights, sampling consecutive steps at
     # once so one step's tool waits overlap another's (more than max_staleness + 1 have nothing to do)
     producers: int = Field(1, gt=0)
+    # rollout.backend vllm with max_staleness > 0: an episode in flight when the trainer publishes continues on
+    # the new weights from its next turn (each turn tagged with its version) instead of holding the sync back
+    partial_rollouts: bool = False
     # an agent written against the OpenAI API, `my_pkg.agent:run` (async def run(client, row) -> reward); its
     # requests go through arlkit's gateway and are recorded as the episode (arlkit/gateway/agents.py)
     agent: str | None = None

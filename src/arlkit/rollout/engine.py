@@ -326,6 +326,8 @@ class TurnSyncRunner:
             gens = self.generator.generate([e.context_ids() for e in live], sampling_params(params, live[0]))
             turns = []
             for ep, g in zip(live, gens, strict=True):
+                if g.version is not None:  # partial rollouts: each turn's tokens tagged with their version
+                    ep.traj.metadata.setdefault("turn_versions", []).append(g.version)
                 n = ep.turn_budget()
                 reason = "length" if len(g.ids) > n else g.finish_reason
                 turns.append((ep, g.ids[:n], g.logprobs[:n], g.entropies[:n], reason))

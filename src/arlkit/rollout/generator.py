@@ -40,6 +40,7 @@ class Generation:
     logprobs: list[float]  # log π(c_t | c_<t) under the temperature-scaled distribution
     entropies: list[float]
     finish_reason: str  # "stop" (a stop id or a closed tool call was generated, and kept) or "length"
+    version: int | None = None  # the weights version that sampled it, if a shared server says (version_gate)
 
 
 class Generator(Protocol):

@@ -20,11 +20,14 @@ docs/vllm.md gives the sync times.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import httpx
@@ -34,6 +37,7 @@ from safetensors.torch import save_file
 from arlkit.errors import ArlkitError
 from arlkit.models.precision import _plain, merged_state_dict
 from arlkit.rollout.generator import Generation, SamplingParams, turn_end
+from arlkit.rollout.version_gate import VersionGate
 from arlkit.rollout.vllm_server import VLLMServer, find_python, remove_dir
 
 SERVED_NAME = "policy"
@@ -59,8 +63,32 @@ class VLLMGenerator:
         self.entropy_top_k = entropy_top_k
         self.retries = retries
         self.stats = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0}
+        self.stats_lock = threading.Lock()  # producers' generators share `stats` (asynchronous rollouts)
+        # partial rollouts: each call is one version of the weights (a read of the server's gate), and its
+        # Generations say which; None: the caller keeps the weights fixed (the synchronous loop, a whole batch)
+        self.gate: VersionGate | None = None
+
+    def sibling(self, seed: int) -> VLLMGenerator:
+        """Another generator on the same server (its own seeds), counting into the same stats."""
+        gen = VLLMGenerator(
+            self.server,
+            seed=seed,
+            max_concurrency=self.max_concurrency,
+            request_timeout=self.request_timeout,
+            entropy_top_k=self.entropy_top_k,
+            retries=self.retries,
+        )
+        gen.stats, gen.stats_lock, gen.gate = self.stats, self.stats_lock, self.gate
+        return gen
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
+        with self.gate.read() if self.gate is not None else nullcontext() as version:
+            gens = self._generate(prompts, params)
+        if version is None:
+            return gens
+        return [dataclasses.replace(g, version=version) for g in gens]
+
+    def _generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
         seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=self.rng).tolist()
         bodies = [self._body(list(p), params, s) for p, s in zip(prompts, seeds, strict=True)]
         for attempt in range(self.retries + 1):
@@ -112,10 +140,11 @@ class VLLMGenerator:
         data = r.json()
         usage = data.get("usage") or {}
         details = usage.get("prompt_tokens_details") or {}
-        self.stats["requests"] += 1
-        self.stats["prompt_tokens"] += usage.get("prompt_tokens", 0)
-        self.stats["cached_tokens"] += details.get("cached_tokens") or 0
-        self.stats["generated_tokens"] += usage.get("completion_tokens", 0)
+        with self.stats_lock:
+            self.stats["requests"] += 1
+            self.stats["prompt_tokens"] += usage.get("prompt_tokens", 0)
+            self.stats["cached_tokens"] += details.get("cached_tokens") or 0
+            self.stats["generated_tokens"] += usage.get("completion_tokens", 0)
         return data["choices"][0]
 
     def _generation(self, choice: dict, params: SamplingParams) -> Generation:
@@ -170,21 +199,28 @@ class VLLMSampler:
         self.last_sync_s = math.nan
         self.last_write_s = math.nan
         self.last_diff = math.nan
+        self.last_wait_s = 0.0
+        # asynchronous rollouts: the version the server holds, and the lock a sync takes against generation
+        self.gate = VersionGate()
 
     @torch.no_grad()
-    def refresh(self, policy_model: torch.nn.Module) -> None:
+    def refresh(self, policy_model: torch.nn.Module, version: int | None = None) -> None:
+        """Load the policy's weights into the server (`version`: their version, for asynchronous rollouts);
+        first waits for the generation that holds the gate to end."""
         t0 = time.perf_counter()
         write_weights(policy_model, self.sync_dir, self.dtype)
         t1 = time.perf_counter()
-        r = self._post("/collective_rpc", {"method": "arlkit_load_weights", "args": [str(self.sync_dir)]})
-        if r.get("results") is None:
-            raise ArlkitError(f"the vLLM server did not load the weights: {r}")
-        self._post("/reset_prefix_cache", None)  # cached keys/values were computed by the old weights
-        self.syncs += 1
-        self.last_sync_s = time.perf_counter() - t0
-        self.last_write_s = t1 - t0
-        if self.check_every and self.syncs % self.check_every == 0:
-            self.check(policy_model)
+        with self.gate.write(version):
+            t2 = time.perf_counter()
+            r = self._post("/collective_rpc", {"method": "arlkit_load_weights", "args": [str(self.sync_dir)]})
+            if r.get("results") is None:
+                raise ArlkitError(f"the vLLM server did not load the weights: {r}")
+            self._post("/reset_prefix_cache", None)  # cached keys/values were computed by the old weights
+            self.syncs += 1
+            if self.check_every and self.syncs % self.check_every == 0:
+                self.check(policy_model)
+        self.last_sync_s = time.perf_counter() - t2 + (t1 - t0)
+        self.last_write_s, self.last_wait_s = t1 - t0, t2 - t1
 
     @torch.no_grad()
     def check(self, policy_model: torch.nn.Module) -> float:
@@ -223,13 +259,15 @@ class VLLMSampler:
 
     def metrics(self) -> dict[str, float]:
         """The last sync's figures and the generation since the previous call (one step's)."""
-        now = dict(self.generator.stats)
+        with self.generator.stats_lock:
+            now = dict(self.generator.stats)
         seen = {k: now[k] - self._seen.get(k, 0) for k in now}
         self._seen = now
         return {
             "rollout/vllm_sync_s": self.last_sync_s,
             "rollout/vllm_sync_write_s": self.last_write_s,
             "rollout/vllm_sync_logprob_diff": self.last_diff,
+            "rollout/vllm_sync_wait_s": self.last_wait_s,
             "rollout/vllm_requests": float(seen["requests"]),
             "rollout/vllm_prefix_cache_hit_rate": seen["cached_tokens"] / max(seen["prompt_tokens"], 1),
         }

@@ -8,6 +8,10 @@ from a bounded buffer and publishes its weights back after every step.
   bound is still checked at take time, dropped and counted, never trained.
 - Publication at version boundaries: `publish` leaves a snapshot of the weights; a producer copies it into
   its model only between batches, so no batch mixes two versions (`metadata["policy_version"]`).
+- On the vLLM backend the producers share the one server: `publish` writes the weights into it under the
+  server's VersionGate (rollout/version_gate.py), after the batches in flight end; with
+  `rollout.partial_rollouts` only the turns in flight end first, the episodes go on with the new weights,
+  each turn's version is in `metadata["turn_versions"]` and the episode's `policy_version` is its oldest.
 - Several producers (`rollout.producers`) sample consecutive batches at once, each on its own copy, so one
   batch's tool waits overlap another's.
 - A producer that raises (an env factory, a bug) is restarted and the batch it lost is regenerated from the
@@ -23,7 +27,9 @@ import copy
 import heapq
 import threading
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +39,9 @@ from arlkit.config import Config
 from arlkit.errors import ArlkitError
 from arlkit.models.precision import SamplerCopy, merged_state_dict
 from arlkit.rollout.backends import make_runner
-from arlkit.rollout.engine import EpisodeRunner, RolloutParams, rollout_episodes
+from arlkit.rollout.engine import EpisodeRunner, RolloutParams, TurnSyncRunner, rollout_episodes
 from arlkit.rollout.staleness import fresh, lag, oldest_version, staleness_metrics
+from arlkit.rollout.vllm_backend import VLLMSampler
 from arlkit.trajectory import Trajectory
 
 MAX_RESTARTS = 3  # producer failures in a row (no batch in between) before the run stops
@@ -46,7 +53,7 @@ class Produced:
     """One step's groups, all sampled by one version of the weights."""
 
     index: int  # the batch's number since the producer started: its prompts follow from it
-    version: int
+    version: int  # the oldest version that sampled any of its tokens
     trajectories: list[Trajectory]
     gen_s: float  # the producer's seconds on this batch (generation and tool calls)
 
@@ -61,9 +68,6 @@ class Taken:
 def check_supported(cfg: Config, world_size: int) -> None:
     """Raises ArlkitError for the settings asynchronous rollouts do not support yet (docs/async.md)."""
     unsupported = {
-        "rollout.backend engine or hf (the vLLM server is not published to asynchronously yet)": (
-            cfg.rollout.backend == "vllm"
-        ),
         "no rollout.agent (the gateway serves the trainer's runner)": cfg.rollout.agent is not None,
         "branching.mode none (branches resume the step's own episodes)": cfg.branching.mode != "none",
         "algo.dynamic_sampling false (refill rounds sample from the current policy)": cfg.algo.dynamic_sampling,
@@ -72,6 +76,16 @@ def check_supported(cfg: Config, world_size: int) -> None:
             cfg.model.routing is not None
         ),
     }
+    if cfg.rollout.partial_rollouts and not cfg.rollout.max_staleness:
+        raise ArlkitError(
+            "rollout.partial_rollouts needs rollout.max_staleness ≥ 1 (the synchronous loop syncs between steps, "
+            "with no episode in flight)"
+        )
+    if cfg.rollout.partial_rollouts and cfg.rollout.backend != "vllm":
+        raise ArlkitError(
+            "rollout.partial_rollouts needs rollout.backend vllm (the engine's producers each hold a private "
+            "copy of the weights, swapped between batches)"
+        )
     for need, bad in unsupported.items():
         if bad:
             raise ArlkitError(f"rollout.max_staleness {cfg.rollout.max_staleness} needs {need}")
@@ -81,7 +95,7 @@ def check_supported(cfg: Config, world_size: int) -> None:
 class _Producer:
     """One producer thread with its own copy of the weights and its own runner (its engine's KV caches)."""
 
-    copy: SamplerCopy
+    copy: SamplerCopy | None  # None: the producers share a server (vLLM) that the trainer writes into
     runner: EpisodeRunner
     version: int  # the version its copy holds
     batch: int | None = None  # the batch it is sampling: a restart samples it again
@@ -108,9 +122,12 @@ class AsyncRollouts:
         producers: int = 1,
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
+        server: VLLMSampler | None = None,
+        partial: bool = False,
     ):
         self.sample, self.cursor0, self.step0 = sample, cursor, step  # step0: the step of batch 0
         self.per_step, self.max_staleness, self.seed = per_step, max_staleness, seed
+        self.server, self.partial = server, partial
         self.cond = threading.Condition()  # guards everything below that the threads share
         self.published = step - 1  # the weights at start are those after step `step - 1`
         self.snapshot: tuple[int, dict[str, torch.Tensor]] | None = None  # never mutated once published
@@ -120,6 +137,10 @@ class AsyncRollouts:
         self.stop = threading.Event()
         self.producers = []
         for _ in range(producers):
+            if server is not None:  # one server for all: `publish` writes into it between reads of its gate
+                server.gate.version = step - 1
+                self.producers.append(_Producer(None, make_runner_on(None), step - 1))
+                continue
             copy_ = SamplerCopy(policy_model, dtype)  # the published weights: the trainer never writes them
             self.producers.append(_Producer(copy_, make_runner_on(copy_.model), step - 1))
         for p in self.producers:
@@ -147,13 +168,30 @@ class AsyncRollouts:
             self._apply(p)
             _seed(p.runner, self.seed + self.cursor0 + j * self.per_step)
             t0 = time.perf_counter()
-            trajs = self.sample(p.runner, self.cursor0 + j * self.per_step)
-            for t in trajs:
-                t.metadata["policy_version"] = p.version
+            with self._hold_weights(p):
+                trajs = self.sample(p.runner, self.cursor0 + j * self.per_step)
+            for t in trajs:  # partial rollouts: an episode is as old as its oldest turn
+                t.metadata["policy_version"] = min(t.metadata.get("turn_versions") or [p.version])
+            version = min((t.metadata["policy_version"] for t in trajs), default=p.version)
             with self.cond:
-                self.done[j] = Produced(j, p.version, trajs, time.perf_counter() - t0)
+                self.done[j] = Produced(j, version, trajs, time.perf_counter() - t0)
                 p.batch, self.failures = None, 0
                 self.cond.notify_all()
+
+    @contextmanager
+    def _hold_weights(self, p: _Producer) -> Iterator[None]:
+        """While a batch samples. On a shared server without partial rollouts: a read of its gate for the
+        whole batch, so a sync waits until the batch ends; with partial rollouts the generator reads the gate
+        per turn. A private copy changes only between batches (`_apply`), so it needs nothing."""
+        if self.server is None:
+            yield
+        elif self.partial:
+            p.version = self.server.gate.version
+            yield
+        else:
+            with self.server.gate.read() as version:
+                p.version = version
+                yield
 
     def _claim(self) -> int:
         self.next_index += 1
@@ -178,13 +216,25 @@ class AsyncRollouts:
                 target[key].copy_(value)
             p.version = snapshot[0]
 
-    def publish(self, policy_model: torch.nn.Module, version: int) -> None:
+    def publish(self, policy_model: torch.nn.Module, version: int) -> dict[str, float]:
         """The trainer's weights after step `version`, for the producers' next batches (a snapshot: the trainer
-        goes on updating its own). Call after every step, an update skipped or not: the producers wait on it."""
-        state = {k: v.detach().clone() for k, v in merged_state_dict(policy_model).items()}
-        with self.cond:
-            self.snapshot, self.published = (version, state), version
-            self.cond.notify_all()
+        goes on updating its own). Call after every step, an update skipped or not: the producers wait on it.
+        A shared server is written now, once the generation that holds its gate ends. Returns the seconds it
+        took and, on a server, those it waited for generation (the trainer idles then too)."""
+        t0 = time.perf_counter()
+        if self.server is not None:
+            self.server.refresh(policy_model, version)
+            with self.cond:
+                self.published = version
+                self.cond.notify_all()
+            waited = self.server.last_wait_s
+        else:
+            state = {k: v.detach().clone() for k, v in merged_state_dict(policy_model).items()}
+            with self.cond:
+                self.snapshot, self.published = (version, state), version
+                self.cond.notify_all()
+            waited = 0.0
+        return {"timing_s/publish": time.perf_counter() - t0, "async/publish_wait_s": waited}
 
     def take(self, step: int) -> Taken:
         """The next batch `step` may train (older batches dropped and counted), and the step's async metrics."""
@@ -194,8 +244,10 @@ class AsyncRollouts:
             if fresh(step, [item.version], self.max_staleness)[0]:
                 break
             dropped += self.per_step
-        n_groups = len({t.group_id for t in item.trajectories})
-        metrics = staleness_metrics([lag(step, item.version)] * n_groups, self.max_staleness)
+        group_version: dict[int, int] = defaultdict(lambda: step)  # a group is as old as its oldest episode
+        for t in item.trajectories:
+            group_version[t.group_id] = min(group_version[t.group_id], t.metadata["policy_version"])
+        metrics = staleness_metrics([lag(step, v) for v in group_version.values()], self.max_staleness)
         metrics |= {
             "async/dropped_stale": float(dropped),
             "async/trainer_idle_s": time.perf_counter() - t0,
@@ -205,6 +257,9 @@ class AsyncRollouts:
             "async/gen_s": item.gen_s,
             "async/gen_tokens_per_s": sum(t.n_generated for t in item.trajectories) / max(item.gen_s, 1e-9),
         }
+        if self.partial:  # episodes whose turns came from more than one version (in flight across a sync)
+            spans = [len(set(t.metadata.get("turn_versions") or ())) > 1 for t in item.trajectories]
+            metrics["async/episodes_across_syncs"] = float(sum(spans))
         return Taken(item.trajectories, self.cursor0 + (item.index + 1) * self.per_step, metrics)
 
     def _next(self) -> Produced:
@@ -265,7 +320,13 @@ def start_rollouts(s: Any, step: int) -> AsyncRollouts:
     tokenizer = copy.deepcopy(s.policy.tokenizer)  # a fast tokenizer is not safe to share between threads
     params = RolloutParams(cfg.task.max_turns, r.max_new_tokens, r.max_length, r.temperature, r.top_p)
 
-    def runner_on(model: torch.nn.Module) -> EpisodeRunner:
+    server = s.sampler if r.backend == "vllm" else None
+    if server is not None and r.partial_rollouts:
+        server.generator.gate = server.gate  # every generation call on the server reads the gate, eval's too
+
+    def runner_on(model: torch.nn.Module | None) -> EpisodeRunner:
+        if server is not None:  # each producer its own generator on the shared server (seeded per batch)
+            return TurnSyncRunner(server.generator.sibling(cfg.train.seed))
         pad = tokenizer.pad_token_id
         return make_runner(r.backend, model, pad, max_batch=r.max_batch, prefill_tokens=r.prefill_tokens)
 
@@ -287,4 +348,6 @@ def start_rollouts(s: Any, step: int) -> AsyncRollouts:
         producers=r.producers,
         dtype=torch.bfloat16 if r.dtype == "bfloat16" else torch.float32,
         seed=cfg.train.seed,
+        server=server,
+        partial=r.partial_rollouts,
     )

@@ -247,7 +247,9 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
             train_actor,
             s.sync,
         )
-    if s.sampler is not None:  # the rollout copy (bf16, or the vLLM server) gets the weights just trained
+    # the rollout copy (bf16, or the vLLM server) gets the weights just trained; asynchronous producers on the
+    # vLLM server get them when the loop publishes the step's version
+    if s.sampler is not None and not (s.rollouts is not None and s.rollouts.server is s.sampler):
         s.sampler.refresh(s.policy.model)
     t3 = time.perf_counter()
     metrics = behaviour | step_metrics(trajs, data, stats.actor, stats.critic)
@@ -360,7 +362,7 @@ def train(
             except ArlkitError as e:  # e.g. the sampler met the non-finite logits of diverged weights
                 raise ArlkitError(f"training stopped at step {step}: {e}") from None
             if s.rollouts is not None:  # a version boundary, update skipped or not: the producer waits on it
-                s.rollouts.publish(s.policy.model, step)
+                metrics |= s.rollouts.publish(s.policy.model, step)
             metrics |= observe_step(state, metrics)
             state.step = step
             s.run.log(step, metrics)

@@ -227,7 +227,7 @@ def setup(
     if dist.fsdp:
         check_fsdp_supported(cfg)
     check_divisible(cfg.rollout.prompts_per_step, dist)
-    if cfg.rollout.max_staleness and for_training:  # before a model or a vLLM server loads
+    if (cfg.rollout.max_staleness or cfg.rollout.partial_rollouts) and for_training:  # before a model loads
         check_async_supported(cfg, dist.world_size)
     writes = dist.is_main and run_mode is not None
     run = RunDir(cfg.train.run_dir, mode=run_mode) if writes else QuietRunDir(cfg.train.run_dir)

@@ -128,7 +128,9 @@ def _meta(row: dict) -> str:
     meta = row.get("metadata") or {}
     items = [(k, meta.get(k)) for k in META_FIELDS if meta.get(k) is not None]
     if meta.get("n_segments", 1) > 1:  # an agent's episode whose history was rewritten (arlkit/gateway/)
-        items.append(("segment", f"{meta['segment'] + 1} of {meta['n_segments']} of episode {meta['episode']}"))
+        items.append(
+            ("segment", f"{meta['segment'] + 1} of {meta['n_segments']} of episode {meta['episode']}")
+        )
     metrics = meta.get("metrics") or {}
     scores = [f"{k} {_num(v, '.3g')}" for k, v in metrics.items() if isinstance(v, (int, float))]
     if scores:
