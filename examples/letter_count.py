@@ -1,11 +1,8 @@
-"""A custom tool and a custom reward: count a letter in a word with a `count` tool; the reward is the right
-number plus a little for a short answer. Run from the repository root: arlkit train examples/letter_count.yaml"""
+"""A custom `count` tool and a two-part reward. From the repo root: arlkit train examples/letter_count.yaml"""
 
 import random
 
 from arlkit import TaskConfig, ToolEnv, tool
-
-WORDS = ["banana", "letter", "mississippi", "committee", "bookkeeper", "balloon", "coffee", "assess"]
 
 
 @tool
@@ -34,16 +31,19 @@ class LetterScorer:
 
 class LetterCount:
     config_model = LetterConfig
-    em_label = "accuracy"
 
     def __init__(self, config: LetterConfig):
         self.config = config
 
     def rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
-        rng = random.Random(f"{split}-{seed}")
-        words = WORDS[::2] if split == "heldout" else WORDS[1::2]  # held-out words are never trained on
-        picks = [(i, w, rng.choice(w)) for i, w in enumerate(rng.choices(words, k=n))]
-        return [{"id": i, "word": w, "letter": c, "answer": str(w.count(c))} for i, w, c in picks]
+        rng, rows = random.Random(f"{split}-{seed}"), []
+        while len(rows) < n:  # made-up words, answers 0-3 equally often: only the tool gets them right
+            c, k = rng.choice("abdeilmnorst"), rng.randint(0, 3)
+            chars = rng.sample([x for x in "abdeilmnorst" if x != c], rng.randint(3, 6)) + [c] * k
+            word = "".join(rng.sample(chars, len(chars)))
+            if (word[0] in "aeio") == (split == "heldout"):  # held-out words are never trained on
+                rows.append({"id": len(rows), "word": word, "letter": c, "answer": str(k)})
+        return rows
 
     def make_env(self) -> ToolEnv:
         weights = {"em": 1.0, "short": self.config.brevity_weight}

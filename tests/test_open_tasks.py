@@ -96,7 +96,6 @@ def test_the_example_trains_by_the_command_line_and_resumes(tiny, tmp_path) -> N
     ]
     proc = run_cli("train", "examples/letter_count.yaml", *common, "train.steps=2", cache=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "accuracy" in proc.stdout  # the task's em_label heads the before/after table
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     step = next(m for m in logged if "rollout/reward" in m)
     assert {"rollout/env/short", "rollout/reward/em", "rollout/reward/short"} <= set(step)
