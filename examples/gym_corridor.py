@@ -24,7 +24,8 @@ class Corridor(gym.Env):
         move = ("right" in words) - ("left" in words)  # both or neither: no move
         self.pos = min(max(self.pos + move, 0), self.length - 1)
         arrived = self.pos == self.length - 1
-        return self._observation(), 1.0 if arrived else -0.1, arrived, False, {"is_success": arrived}
+        # reward only the exit: a cost per move would pay more to invalid actions (0 reward) than to moves
+        return self._observation(), float(arrived), arrived, False, {"is_success": arrived}
 
     def _observation(self) -> str:
         return f"You are in room {self.pos}; the exit is room {self.length - 1}. Say left or right."

@@ -36,8 +36,7 @@ def test_a_game_played_through_the_adapter(corridor) -> None:
     steps = [env.step("I go right.") for _ in range(4 - start)]  # exit is room 4
     assert [s.done for s in steps] == [False] * (3 - start) + [True]
     result = env.result()
-    # each room short of the exit costs 0.1, the exit pays 1
-    assert result.reward == pytest.approx(1.0 - 0.1 * (3 - start))
+    assert result.reward == 1.0  # only the exit pays
     assert result.metrics["em"] == 1.0 and result.metrics["invalid_actions"] == 0.0
 
 
@@ -68,3 +67,37 @@ def test_the_gym_example_trains_by_the_command_line(tiny, tmp_path) -> None:
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     step = next(m for m in logged if "rollout/reward" in m)
     assert "rollout/env/invalid_actions" in step and "rollout/env/is_success" in step
+
+
+@pytest.mark.parametrize("script", ["gym_corridor_chats.py", "letter_count_chats.py"])
+def test_the_example_conversation_writers_give_sft_data(script, tiny, tmp_path) -> None:
+    """The examples' conversation writers print JSONL that `arlkit sft sft.data=` loads and renders with a
+    real tokenizer, one segment per conversation, generated tokens on the assistant turns; the corridor's
+    walks replay move for move in the game."""
+    import subprocess
+    import sys
+
+    from arlkit.rollout.spans import SpanTags, scanner_for
+    from arlkit.train.conversations import conversation_trajectories, load_conversations
+    from arlkit.trajectory import GENERATED_ROLES
+
+    out = subprocess.run(
+        [sys.executable, script, "12"], cwd=ROOT / "examples", capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    data = tmp_path / "chats.jsonl"
+    data.write_text(out.stdout)
+    convs = load_conversations(data)
+    assert len(convs) == 12
+    spans = scanner_for(tiny.tokenizer, SpanTags("<tool_call>", "</tool_call>"))
+    trajs = conversation_trajectories(convs, tiny.tokenizer, spans, max_length=2048)
+    assert len(trajs) == 12 and all(any(r in GENERATED_ROLES for r in t.roles) for t in trajs)
+    if script.startswith("gym"):
+        from examples.gym_corridor import Corridor
+
+        for conv in convs:
+            game, msgs = Corridor(), conv["messages"]
+            assert game.reset(seed=None)[0]  # replay from the room the conversation starts in
+            game.pos = int(msgs[0]["content"].split("room ")[1].split(";")[0])
+            for k in range(1, len(msgs) - 1, 2):
+                assert game.step(msgs[k]["content"])[0] == msgs[k + 1]["content"]
