@@ -100,6 +100,21 @@ def test_chunked_equals_full_logits(models, arch, path, lora) -> None:
     _assert_same(full, chunked, attn, g_full, g_chunk)
 
 
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("path", PATHS)
+def test_gradient_checkpointing_changes_no_value_or_gradient(models, path, lora) -> None:
+    """model.gradient_checkpointing (the SmolLM2 recipe's memory setting) recomputes each layer in backward:
+    the same logprobs, entropies and gradients, packed sequences still kept apart, LoRA adapters still
+    trained (their inputs need no grad: non-reentrant checkpointing)."""
+    model = models["llama"]
+    ids, attn = _batch(model.config.vocab_size)
+    plain, ckpt = _variant(model, lora), _variant(model, lora)
+    ckpt.gradient_checkpointing_enable()
+    want, g_want = _loss_and_grads(PATHS[path], plain, ids, attn, chunk=CHUNK)
+    got, g_got = _loss_and_grads(PATHS[path], ckpt, ids, attn, chunk=CHUNK)
+    _assert_same(want, got, attn, g_want, g_got)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_chunked_equals_full_with_dart_routes(models, path) -> None:
     """DART routes only the decoder's linear layers (the head is shared), so the chunked head applies."""
