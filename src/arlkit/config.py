@@ -461,6 +461,10 @@ class TrainConfig(_Section):
     # gradients; "fsdp" shards the trained weights, gradients and optimiser state (train/fsdp.py)
     strategy: Literal["ddp", "fsdp"] = "ddp"
     threads: int | None = Field(None, gt=0)  # torch CPU threads; None keeps torch's default
+    # glibc (Linux): tensors of at least this many KiB get their own mmap and go back to the OS when freed
+    # (mallopt M_MMAP_THRESHOLD); None keeps glibc's sliding threshold, under which freed activations stay
+    # in the heap and peak RSS grows (docs/real_model.md "Memory": −340 MB on the SmolLM2 recipe's RL steps)
+    mmap_threshold_kb: int | None = Field(None, gt=0)
     # "bf16": the trainer's forwards and backwards (update, old/reference log-probs, SFT) under bf16 autocast
     # with float32 weights and optimiser state (models/precision.py); "fp32": all float32
     precision: Literal["fp32", "bf16"] = "fp32"

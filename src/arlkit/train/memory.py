@@ -3,6 +3,7 @@ benchmark variants after model loading)."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import resource
 import sys
@@ -28,3 +29,18 @@ def reset_peak_rss() -> float:
     if _STATUS.is_file():
         Path("/proc/self/clear_refs").write_text("5")
     return before
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+
+
+def set_mmap_threshold(kib: int) -> bool:
+    """Serve allocations of at least `kib` KiB from their own mmap, returned to the OS on free (glibc's
+    mallopt). Setting it fixes the threshold: glibc otherwise raises it to the size of the largest block
+    freed (up to 32 MiB), after which a step's activations come from the heap and its freed pages stay
+    resident. Returns False where there is no glibc (macOS, musl): nothing changes there."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(kib) * 1024))
+    except (OSError, AttributeError):
+        return False

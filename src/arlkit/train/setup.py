@@ -48,6 +48,7 @@ from arlkit.train.distributed import (
 from arlkit.train.fsdp import check_supported as check_fsdp_supported
 from arlkit.train.fsdp import shard_for_training
 from arlkit.train.loggers import build_loggers
+from arlkit.train.memory import set_mmap_threshold
 from arlkit.train.run_dir import RunDir, RunMode
 from arlkit.train.update import Optimisers
 
@@ -223,6 +224,8 @@ def setup(
     torch.manual_seed(cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if cfg.train.mmap_threshold_kb:
+        set_mmap_threshold(cfg.train.mmap_threshold_kb)
     dist = init_distributed(cfg.train.device, cfg.train.strategy)
     if dist.fsdp:
         check_fsdp_supported(cfg)
