@@ -50,7 +50,8 @@ POLL_S = 0.1  # how often a waiting thread checks for a stop or a dead producer
 
 @dataclass(frozen=True)
 class Produced:
-    """One step's groups, all sampled by one version of the weights."""
+    """One step's groups: sampled by one version of the weights, or with partial rollouts by several (each
+    episode's `metadata["turn_versions"]`)."""
 
     index: int  # the batch's number since the producer started: its prompts follow from it
     version: int  # the oldest version that sampled any of its tokens
@@ -136,13 +137,12 @@ class AsyncRollouts:
         self.next_index = self.next_take = self.restarts = self.failures = 0
         self.stop = threading.Event()
         self.producers = []
-        for _ in range(producers):
-            if server is not None:  # one server for all: `publish` writes into it between reads of its gate
-                server.gate.version = step - 1
-                self.producers.append(_Producer(None, make_runner_on(None), step - 1))
-                continue
-            copy_ = SamplerCopy(policy_model, dtype)  # the published weights: the trainer never writes them
-            self.producers.append(_Producer(copy_, make_runner_on(copy_.model), step - 1))
+        if server is not None:  # one server for all: `publish` writes into it between reads of its gate
+            server.gate.version = step - 1
+        for _ in range(producers):  # each its own copy of the published weights (the trainer never writes it)
+            copy_ = SamplerCopy(policy_model, dtype) if server is None else None
+            model = copy_.model if copy_ is not None else None
+            self.producers.append(_Producer(copy_, make_runner_on(model), step - 1))
         for p in self.producers:
             self._start(p)
 
