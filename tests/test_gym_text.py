@@ -4,17 +4,22 @@ examples/gym_corridor.py played by hand, bad actions and ids, and trained by `ar
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import train_example
 from gymnasium import spaces  # the `gym` extra, which `make install` installs: tested, never skipped
+from test_sft_conversations import spans_for
 
 from arlkit.config import load_config
 from arlkit.envs.gym_text import GymTextEnv
 from arlkit.envs.message_env import episode_env
 from arlkit.errors import ArlkitError
 from arlkit.tasks import build_task
+from arlkit.train.conversations import conversation_trajectories, load_conversations
+from arlkit.trajectory import GENERATED_ROLES
 
 ROOT = Path(__file__).parents[1]
 CORRIDOR = "task.env_id=examples.gym_corridor:Corridor-v0"
@@ -74,13 +79,6 @@ def test_the_example_conversation_writers_give_sft_data(script, tiny, tmp_path) 
     """The examples' conversation writers print JSONL that `arlkit sft sft.data=` loads and renders with a
     real tokenizer, one segment per conversation, generated tokens on the assistant turns; the corridor's
     walks replay move for move in the game."""
-    import subprocess
-    import sys
-
-    from arlkit.rollout.spans import SpanTags, scanner_for
-    from arlkit.train.conversations import conversation_trajectories, load_conversations
-    from arlkit.trajectory import GENERATED_ROLES
-
     out = subprocess.run(
         [sys.executable, script, "12"], cwd=ROOT / "examples", capture_output=True, text=True
     )
@@ -89,8 +87,7 @@ def test_the_example_conversation_writers_give_sft_data(script, tiny, tmp_path) 
     data.write_text(out.stdout)
     convs = load_conversations(data)
     assert len(convs) == 12
-    spans = scanner_for(tiny.tokenizer, SpanTags("<tool_call>", "</tool_call>"))
-    trajs = conversation_trajectories(convs, tiny.tokenizer, spans, max_length=2048)
+    trajs = conversation_trajectories(convs, tiny.tokenizer, spans_for(tiny.tokenizer), max_length=2048)
     assert len(trajs) == 12 and all(any(r in GENERATED_ROLES for r in t.roles) for t in trajs)
     if script.startswith("gym"):
         from examples.gym_corridor import Corridor
