@@ -78,13 +78,17 @@ def _loss_and_grads(fn, model, ids, attn, chunk, routes=None) -> tuple[object, d
 def _assert_same(full, chunked, attn, grads_full, grads_chunked) -> None:
     real = attn.bool().clone()
     real[:, 0] = False  # entry 0 has no prediction; padding carries garbage in the padded path
-    assert torch.allclose(chunked.logprobs[real], full.logprobs[real], atol=1e-6, rtol=0)
-    assert torch.allclose(chunked.entropies[real], full.entropies[real], atol=1e-6, rtol=0)
+    # a few float32 ulps (values up to ~13): with 2+ threads the head's matmul on a chunk of rows sums in
+    # another order than on all rows (measured up to 4.8e-6 on the entropies; 0 with one thread)
+    assert torch.allclose(chunked.logprobs[real], full.logprobs[real], atol=1e-5, rtol=0)
+    assert torch.allclose(chunked.entropies[real], full.entropies[real], atol=1e-5, rtol=0)
     assert torch.equal(chunked.hidden, full.hidden)
     assert grads_full.keys() == grads_chunked.keys() and grads_full
     for k, g in grads_full.items():
         assert grads_chunked[k] is not None, k
-        assert torch.allclose(grads_chunked[k], g, atol=1e-5, rtol=0), k
+        # float32 rounding relative to the tensor's scale (the tied embedding's reaches ~30 here)
+        scale = max(1.0, g.abs().max().item())
+        assert (grads_chunked[k] - g).abs().max() <= 1e-5 * scale, k
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
