@@ -42,6 +42,11 @@ class LoraConfig(_Section):
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
+    # the frozen base's weights under the adapters: "model" keeps model.dtype; "bfloat16" loads them in bf16
+    # (a LoRA checkpoint's adapters merged into the bf16 weights), half the memory, while the adapters and
+    # their optimiser state stay float32. Under train.precision bf16 the matmuls were bf16 already; the
+    # residual stream now is too (docs/real_model.md "Memory")
+    base_dtype: Literal["model", "bfloat16"] = "model"
 
 
 class RoutingConfig(_Section):

@@ -163,9 +163,12 @@ def build_policy(cfg: Config, path: Path | str, device: torch.device, for_traini
     """The policy, its KL reference when needed, and the critic the config asks for. For evaluation only
     (`for_training=False`), nothing that only an update uses: no fresh LoRA adapters (initialised to change no
     output), no KL reference, no critic or value head."""
+    lora = cfg.model.lora if for_training else None
+    # a bf16 base under float32 adapters: peft keeps new adapters float32 on a bf16 model (autocast_adapter_dtype)
+    bf16_base = lora is not None and lora.base_dtype == "bfloat16"
     policy = load_policy(
         path,
-        cfg.model.dtype,
+        "bfloat16" if bf16_base else cfg.model.dtype,
         device,
         _lora_kwargs(cfg) if for_training else None,
         for_training and cfg.algo.kl_coef > 0,
