@@ -32,6 +32,7 @@ from arlkit.train.guards import (
     without_env_errors,
 )
 from arlkit.train.idle_rank import idle_step
+from arlkit.train.memory import trim_heap
 from arlkit.train.segments import episode_advantages, last_segments, segment_index
 from arlkit.train.setup import Setup, progress, setup
 from arlkit.train.shapers import Shaper, TaoEntropyShaper
@@ -222,6 +223,7 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
         if ADVANTAGES.info(cfg.algo.advantage).get("needs_greedy_baseline")
         else None
     )
+    trim_heap()  # the update starts from what the rollout kept, not from what it freed
     t1 = time.perf_counter()
     batch = collate(trajs, s.policy.tokenizer.pad_token_id)
     train_actor = step > cfg.critic.warmup_steps
@@ -251,6 +253,7 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     # vLLM server get them when the loop publishes the step's version
     if s.sampler is not None and not (s.rollouts is not None and s.rollouts.server is s.sampler):
         s.sampler.refresh(s.policy.model)
+    trim_heap()
     t3 = time.perf_counter()
     metrics = behaviour | step_metrics(trajs, data, stats.actor, stats.critic)
     metrics |= s.sampler.metrics() if hasattr(s.sampler, "metrics") else {}
