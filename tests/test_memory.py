@@ -11,14 +11,27 @@ import pytest
 
 from arlkit.config import load_config
 
-PROBE = """
-import json, torch
+RSS = """
 from pathlib import Path
-from arlkit.train.memory import peak_rss_mb, reset_peak_rss, set_mmap_threshold
 
 def rss():
     status = Path("/proc/self/status").read_text().splitlines()
     return int(next(x for x in status if x.startswith("VmRSS:")).split()[1]) / 1024
+"""
+
+
+def _probe(code: str, env: dict[str, str] | None = None) -> dict:
+    """Run `code` (with `rss()` defined) in a fresh process; the JSON it prints last. A long-lived process,
+    such as pytest's, serves new blocks from heap chunks it already holds, so RSS would not move."""
+    out = subprocess.run(
+        [sys.executable, "-c", RSS + code], capture_output=True, text=True, check=True, env=env
+    )
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+PROBE = """
+import json, torch
+from arlkit.train.memory import peak_rss_mb, reset_peak_rss, set_mmap_threshold
 
 torch.ones(6 * 2**20).sum()  # a freed 24 MiB block slides glibc's threshold up to 24 MiB
 fixed = set_mmap_threshold(128)  # and this fixes it again
@@ -34,8 +47,7 @@ print(json.dumps({"fixed": fixed, "grown": grown - before, "kept": rss() - befor
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc are Linux's")
 def test_with_a_fixed_threshold_a_freed_tensor_goes_back_to_the_os() -> None:
     """In a fresh process (a long-lived one serves the block from free heap chunks it already holds)."""
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True)
-    got = json.loads(out.stdout.splitlines()[-1])
+    got = _probe(PROBE)
     assert got["fixed"] and got["grown"] > 12  # the block was mapped for itself
     assert got["kept"] < 4  # and given back when freed, not kept in the heap
     assert got["peak"] >= -1  # the peak probe saw it
@@ -43,12 +55,7 @@ def test_with_a_fixed_threshold_a_freed_tensor_goes_back_to_the_os() -> None:
 
 TRIM_PROBE = """
 import json, torch
-from pathlib import Path
 from arlkit.train.memory import trim_heap
-
-def rss():
-    status = Path("/proc/self/status").read_text().splitlines()
-    return int(next(x for x in status if x.startswith("VmRSS:")).split()[1]) / 1024
 
 torch.ones(6 * 2**20).sum()  # a freed 24 MiB block slides glibc's threshold up to 24 MiB
 before = rss()
@@ -64,22 +71,16 @@ print(json.dumps({"kept": kept, "trimmed": trimmed, "after": rss() - before}))
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc are Linux's")
 def test_trimming_gives_freed_heap_pages_back() -> None:
     """What a step frees stays resident in glibc's heap until trimmed (the loop trims after each phase)."""
-    out = subprocess.run([sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True, check=True)
-    got = json.loads(out.stdout.splitlines()[-1])
+    got = _probe(TRIM_PROBE)
     assert got["kept"] > 150  # freed, but resident
     assert got["trimmed"] and got["after"] < 20
 
 
 KERNEL_PROBE = """
-import json, os, sys
+import json, os
 import arlkit  # sets the kernel caches' capacity unless the environment has one
 import torch
-from pathlib import Path
 from arlkit.train.memory import trim_heap
-
-def rss():
-    status = Path("/proc/self/status").read_text().splitlines()
-    return int(next(x for x in status if x.startswith("VmRSS:")).split()[1]) / 1024
 
 w = torch.randn(1536, 576, dtype=torch.bfloat16)  # SmolLM2's MLP weight
 before = rss()
@@ -105,12 +106,8 @@ def test_importing_arlkit_bounds_the_cpu_kernel_caches() -> None:
         }
         if caps:
             env |= {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": caps, "LRU_CACHE_CAPACITY": caps}
-        out = subprocess.run(
-            [sys.executable, "-c", KERNEL_PROBE], capture_output=True, text=True, check=True, env=env
-        )
-        got[name] = json.loads(out.stdout.splitlines()[-1])
+        got[name] = _probe(KERNEL_PROBE, env)
     assert got["arlkit"]["caps"] == ["256", "256"] and got["exported"]["caps"] == ["1024", "1024"]
-    print(got)
     assert got["arlkit"]["grown"] < got["exported"]["grown"] - 150
 
 
