@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -111,7 +112,13 @@ def test_importing_arlkit_bounds_the_cpu_kernel_caches() -> None:
     assert got["arlkit"]["grown"] < got["exported"]["grown"] - 150
 
 
-def test_the_config_field_is_validated() -> None:
+def test_the_config_fields_are_validated() -> None:
     assert load_config(None, ["train.mmap_threshold_kb=128"]).train.mmap_threshold_kb == 128
+    assert load_config(None, ["train.trim_heap=true"]).train.trim_heap is True
+    assert load_config(None, []).train.trim_heap is False  # off by default: the tiny demo ran slower with it
+    assert (
+        load_config(str(Path(__file__).parents[1] / "configs" / "smollm2_toywiki.yaml"), []).train.trim_heap
+        is True
+    )
     with pytest.raises(Exception, match="mmap_threshold_kb"):
         load_config(None, ["train.mmap_threshold_kb=0"])

@@ -470,6 +470,10 @@ class TrainConfig(_Section):
     # (mallopt M_MMAP_THRESHOLD); None keeps glibc's sliding threshold, under which freed activations stay
     # in the heap and peak RSS grows (docs/real_model.md "Memory": −340 MB on the SmolLM2 recipe's RL steps)
     mmap_threshold_kb: int | None = Field(None, gt=0)
+    # glibc: give the heap's free pages back to the OS after each step's rollout and update (malloc_trim).
+    # The SmolLM2 recipe's next phase then starts ~0.35 GB lower by step 8; the tiny demo's updates ran ~9%
+    # slower with it (pages freed and faulted in again every step), so it is off by default
+    trim_heap: bool = False
     # "bf16": the trainer's forwards and backwards (update, old/reference log-probs, SFT) under bf16 autocast
     # with float32 weights and optimiser state (models/precision.py); "fp32": all float32
     precision: Literal["fp32", "bf16"] = "fp32"

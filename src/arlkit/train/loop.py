@@ -223,7 +223,8 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
         if ADVANTAGES.info(cfg.algo.advantage).get("needs_greedy_baseline")
         else None
     )
-    trim_heap()  # the update starts from what the rollout kept, not from what it freed
+    if cfg.train.trim_heap:  # the update starts from what the rollout kept, not from what it freed
+        trim_heap()
     t1 = time.perf_counter()
     batch = collate(trajs, s.policy.tokenizer.pad_token_id)
     train_actor = step > cfg.critic.warmup_steps
@@ -253,7 +254,8 @@ def train_step(s: Setup, step: int) -> dict[str, float]:
     # vLLM server get them when the loop publishes the step's version
     if s.sampler is not None and not (s.rollouts is not None and s.rollouts.server is s.sampler):
         s.sampler.refresh(s.policy.model)
-    trim_heap()
+    if cfg.train.trim_heap:
+        trim_heap()
     t3 = time.perf_counter()
     metrics = behaviour | step_metrics(trajs, data, stats.actor, stats.critic)
     metrics |= s.sampler.metrics() if hasattr(s.sampler, "metrics") else {}
