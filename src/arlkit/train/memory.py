@@ -36,10 +36,8 @@ def trim_heap() -> bool:
     middle of the heap). A step's rollout and update free most of what they allocated, but glibc keeps it
     resident, so the next phase starts higher (`train.trim_heap`: ~0.35 GB lower by step 8 on the SmolLM2
     recipe). Returns False where there is no glibc."""
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
@@ -50,8 +48,15 @@ def set_mmap_threshold(kib: int) -> bool:
     mallopt). Setting it fixes the threshold: glibc otherwise raises it to the size of the largest block
     freed (up to 32 MiB), after which a step's activations come from the heap and its freed pages stay
     resident. Returns False where there is no glibc (macOS, musl): nothing changes there."""
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, int(kib) * 1024))
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, whose malloc the two calls above tune; None where the C library is another (macOS, musl)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(kib) * 1024))
-    except (OSError, AttributeError):
-        return False
+    except OSError:
+        return None
+    # a libc.so.6 without them is not glibc's malloc
+    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
